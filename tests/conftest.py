@@ -17,3 +17,21 @@ def tiny_bundle():
     from scoft_train.models import load_default_model
 
     return load_default_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_diffusers_dir(tiny_bundle, tmp_path_factory):
+    """The tiny model saved as a diffusers folder (safetensors, with tokenizer)."""
+    folder = tmp_path_factory.mktemp("tiny_diffusers") / "tiny"
+    tiny_bundle.pipeline().save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_single_file(tiny_bundle, tmp_path_factory):
+    """The tiny model's weights as an original-layout single-file .safetensors."""
+    from scoft_train.ldm_layout import save_single_file
+
+    path = tmp_path_factory.mktemp("tiny_single") / "tiny.safetensors"
+    save_single_file(tiny_bundle, path)
+    return path

@@ -1,0 +1,120 @@
+"""`python -m scoft_train bench train`: plain LoRA step vs SCoFT (FT+MPC) step, side by side.
+
+Both run in one process on the embedded tiny model and the sample CCUB folder; each
+variant gets warm-up steps, then the median of timed optimizer steps (grad_accum 1).
+The SCoFT step is timed with the decoded-generation branch active; the amortised cost
+spreads it over `contrastive_every` steps as training does. The breakdown splits the
+branch step into UNet calls with and without grad, decode, features and backward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import TrainConfig
+from .data import load_ccub
+from .models import load_default_model
+from .sample_data import CCUB_DEMO_DIR
+from .trainer import SCoFTTrainer
+
+AMORTISE_OVER = 10
+
+
+@dataclass
+class TrainBench:
+    plain: float
+    scoft_branch: float
+    scoft_no_branch: float
+    breakdown: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def amortised(self) -> float:
+        return (self.scoft_branch + (AMORTISE_OVER - 1) * self.scoft_no_branch) / AMORTISE_OVER
+
+    def report(self) -> str:
+        lines = [
+            "bench train (tiny model, 64 px, batch 1, median seconds per optimizer step)",
+            f"  plain LoRA step (FT)            {self.plain:.4f} s",
+            f"  FT+MPC step without branch      {self.scoft_no_branch:.4f} s  ({self.scoft_no_branch / self.plain:.1f}x)",
+            f"  FT+MPC step with branch         {self.scoft_branch:.4f} s  ({self.scoft_branch / self.plain:.1f}x)",
+            f"  FT+MPC amortised (branch 1/{AMORTISE_OVER})  {self.amortised:.4f} s  ({self.amortised / self.plain:.1f}x)",
+            "  where a branch step's time goes:",
+        ]
+        total = sum(self.breakdown.values())
+        for name, seconds in sorted(self.breakdown.items(), key=lambda kv: -kv[1]):
+            lines.append(f"    {name:<22} {seconds:.4f} s  {100 * seconds / total:5.1f}%")
+        return "\n".join(lines)
+
+
+class _UNetTimer:
+    """Forward hooks splitting UNet time into calls with and without autograd."""
+
+    def __init__(self, unet, timings: dict[str, float]):
+        self.timings, self.start = timings, 0.0
+        self.handles = [
+            unet.register_forward_pre_hook(self._pre),
+            unet.register_forward_hook(self._post),
+        ]
+
+    def _pre(self, module, args):
+        self.start = time.perf_counter()
+
+    def _post(self, module, args, output):
+        key = "unet_forward_grad" if torch.is_grad_enabled() else "unet_forward_nograd"
+        self.timings[key] += time.perf_counter() - self.start
+
+
+def _median_step(trainer: SCoFTTrainer, steps: int, warmup: int, branch: bool) -> float:
+    every = 1 if branch else 10**9
+    trainer.warm_caches()
+    trainer.config = dataclasses.replace(trainer.config, contrastive_every=every)
+    for _ in range(warmup):
+        trainer.step = 1
+        trainer.train_step()
+    times = []
+    for _ in range(steps):
+        trainer.step = 0 if branch else 1
+        start = time.perf_counter()
+        trainer.train_step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_train(steps: int = 5, warmup: int = 2, threads: int = 2) -> TrainBench:
+    torch.set_num_threads(threads)
+    bundle = load_default_model()
+    dataset = load_ccub(CCUB_DEMO_DIR, resolution=bundle.resolution)
+    common = dict(steps=10**6, grad_accum=1, rank=8, alpha=8.0, allow_random_backbone=True, lr_schedule="constant")
+    plain = SCoFTTrainer(bundle, dataset, TrainConfig(preset="FT", **common))
+    scoft = SCoFTTrainer(bundle, dataset, TrainConfig(preset="FT+MPC", **common))
+    result = TrainBench(
+        plain=_median_step(plain, steps, warmup, branch=False),
+        scoft_no_branch=_median_step(scoft, steps, warmup, branch=False),
+        scoft_branch=_median_step(scoft, steps, warmup, branch=True),
+    )
+    timings: dict[str, float] = defaultdict(float)
+    scoft.timings, scoft.profile = timings, True
+    timer = _UNetTimer(scoft.unet, timings)
+    _median_step(scoft, steps, 0, branch=True)
+    for handle in timer.handles:
+        handle.remove()
+    branch_nograd = timings["unet_forward_nograd"] - timings["nograd_denoise"]
+    parts = {
+        "branch no-grad UNet calls": branch_nograd,
+        "UNet calls with grad": timings["unet_forward_grad"],
+        "L_M no-grad UNet call": timings["nograd_denoise"],
+        "VAE decode": timings["decode"],
+        "features (L_P, L_C)": timings["features"],
+        "backward": timings["backward"],
+    }
+    measured = sum(timings[k] for k in ("encode", "grad_step", "nograd_denoise", "denoise_branch", "decode",
+                                        "features", "backward", "optimizer"))
+    parts["other (encode, optimizer, DDIM math)"] = measured - sum(parts.values())
+    result.breakdown = {k: v / steps for k, v in parts.items()}
+    return result

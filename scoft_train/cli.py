@@ -1,0 +1,218 @@
+"""Command line: python -m scoft_train <verb> ... (train, sample, compare, bench, demo)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+from pathlib import Path
+
+from .config import LossWeights, TrainConfig, load_config_file
+
+log = logging.getLogger("scoft_train")
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default="default",
+                       help="'default' (embedded tiny model), a diffusers folder, or a single-file .safetensors checkpoint")
+    group.add_argument("--model-config", default=None,
+                       help="single-file only: bundled config name (sd15, sd21) or a local diffusers folder; "
+                            "default: detected from the checkpoint")
+    group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    group.add_argument("--dtype", default="float32", choices=DTYPES, help="weights dtype of the frozen model")
+
+
+def _load_bundle(args):
+    import torch
+
+    from .models import load_model
+
+    return load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device, config=args.model_config)
+
+
+def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    from .sampling import SCHEDULERS
+
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
+    group.add_argument("--prompts-file", type=Path, help="a text file with one prompt per line")
+    group.add_argument("--seed", type=int, default=0, help="seed of the first prompt; prompt i uses seed + i")
+    group.add_argument("--steps", type=int, default=20, help="denoising steps")
+    group.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
+    group.add_argument("--scheduler", default="ddim", choices=sorted(SCHEDULERS), help="diffusers sampler")
+    group.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's)")
+    group.add_argument("--lora-strength", type=float, default=1.0, help="LoRA scale (0 = baseline)")
+
+
+def _prompts(args) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        prompts += [line.strip() for line in args.prompts_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise SystemExit("error: give at least one --prompt or a --prompts-file")
+    return prompts
+
+
+def _sampling_kwargs(args) -> dict:
+    return dict(steps=args.steps, cfg=args.cfg, scheduler=args.scheduler, size=args.size)
+
+
+def _add_train_config_args(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field (and per loss weight), help from the field metadata."""
+    group = parser.add_argument_group("training settings (override --config)")
+    hints = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        if field.name == "weights":
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        kind = hints[field.name]
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.metadata["help"])
+        else:
+            base = float if kind is float else int if kind is int else str
+            group.add_argument(flag, type=base, default=None, help=f"{field.metadata['help']} (default {field.default})")
+    for field in dataclasses.fields(LossWeights):
+        group.add_argument(f"--w-{field.name}", type=float, default=None,
+                           help=f"weight of L_{field.name} (default {field.default})")
+
+
+def train_config_from_args(args) -> TrainConfig:
+    values = load_config_file(args.config) if args.config else {}
+    weights = dict(values.pop("weights", {}) or {})
+    for field in dataclasses.fields(TrainConfig):
+        value = getattr(args, field.name, None)
+        if field.name != "weights" and value is not None:
+            values[field.name] = value
+    for field in dataclasses.fields(LossWeights):
+        value = getattr(args, f"w_{field.name}")
+        if value is not None:
+            weights[field.name] = value
+    values["weights"] = weights
+    return TrainConfig.from_dict(values)
+
+
+def cmd_train(args) -> int:
+    from .data import load_ccub
+    from .progress import tqdm_progress
+    from .stages import train_scoft
+
+    config = train_config_from_args(args)
+    bundle = _load_bundle(args)
+    dataset = load_ccub(args.data, resolution=args.resolution or bundle.resolution, center_crop=not args.random_crop,
+                        random_flip=args.flip, **({"culture_terms": args.culture_terms} if args.culture_terms else {}))
+    with tqdm_progress("train") as on_step:
+        outputs = train_scoft(bundle, dataset, config, args.out, on_step=on_step,
+                              resume=(True if args.resume == "latest" else args.resume))
+    print(f"LoRA: {outputs.lora}\nloss history: {outputs.history_json}\nloss plot: {outputs.loss_plot}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .atomic import atomic_save_image
+    from .progress import tqdm_progress
+    from .sampling import sample
+
+    bundle, prompts = _load_bundle(args), _prompts(args)
+    with tqdm_progress("sample") as on_step:
+        images = sample(bundle, prompts, args.seed, lora_path=args.lora, lora_strength=args.lora_strength,
+                        on_step=on_step, **_sampling_kwargs(args))
+    for i, image in enumerate(images):
+        path = args.out / f"{i:03d}_seed{args.seed + i}.png"
+        atomic_save_image(image, path)
+        print(path)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .progress import tqdm_progress
+    from .stages import compare
+
+    bundle, prompts = _load_bundle(args), _prompts(args)
+    with tqdm_progress("compare") as on_step:
+        path = compare(bundle, args.lora, prompts, args.out, seed=args.seed, lora_strength=args.lora_strength,
+                       on_step=on_step, **_sampling_kwargs(args))
+    print(f"grid: {path}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench_train
+
+    print(bench_train(steps=args.repeats, warmup=args.warmup, threads=args.threads).report())
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    result = run_demo(args.out, steps=args.steps)
+    print(f"comparison grid: {result.grid}\nloss plot: {result.loss_plot}\nLoRA: {result.lora}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m scoft_train", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    train = verbs.add_parser("train", help="train a SCoFT LoRA on a CCUB folder",
+                             description="Train a SCoFT LoRA (L_LDM, L_M, L_P, L_C) on a CCUB-format folder.")
+    _add_model_args(train)
+    train.add_argument("--data", type=Path, required=True, help="CCUB folder (metadata.jsonl or images + .txt captions)")
+    train.add_argument("--out", type=Path, required=True, help="output folder: LoRA, loss history/plot, checkpoints")
+    train.add_argument("--config", type=Path, help="settings file (.json/.yaml); command-line options override it")
+    train.add_argument("--resume", default=None, help="checkpoint path, or 'latest' (newest in OUT/checkpoints)")
+    train.add_argument("--resolution", type=int, default=None, help="training image side (default: the model's)")
+    train.add_argument("--random-crop", action="store_true", help="random instead of center crop")
+    train.add_argument("--flip", action="store_true", help="random horizontal flip")
+    train.add_argument("--culture-terms", nargs="+", help="words removed to derive generic captions (blip_text)")
+    _add_train_config_args(train)
+    train.set_defaults(func=cmd_train)
+
+    sample_p = verbs.add_parser("sample", help="generate images, optionally with a LoRA")
+    _add_model_args(sample_p)
+    _add_sampling_args(sample_p)
+    sample_p.add_argument("--lora", type=Path, help="a LoRA .safetensors (kohya format)")
+    sample_p.add_argument("--out", type=Path, required=True, help="output folder for PNGs")
+    sample_p.set_defaults(func=cmd_sample)
+
+    compare_p = verbs.add_parser("compare", help="baseline vs LoRA grid from the same seeds")
+    _add_model_args(compare_p)
+    _add_sampling_args(compare_p)
+    compare_p.add_argument("--lora", type=Path, required=True, help="a LoRA .safetensors (kohya format)")
+    compare_p.add_argument("--out", type=Path, required=True, help="grid PNG path")
+    compare_p.set_defaults(func=cmd_compare)
+
+    bench = verbs.add_parser("bench", help="benchmarks (side-by-side ratios in one run)")
+    bench_verbs = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
+    bench_train_p = bench_verbs.add_parser("train", help="plain LoRA step vs FT+MPC step on the tiny model")
+    bench_train_p.add_argument("--repeats", type=int, default=5, help="timed steps per variant (median)")
+    bench_train_p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps")
+    bench_train_p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    bench_train_p.set_defaults(func=cmd_bench)
+
+    demo = verbs.add_parser("demo", help="the whole pipeline on the embedded default, no download")
+    demo.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder")
+    demo.add_argument("--steps", type=int, default=30, help="training steps")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        log.error("%s", error)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

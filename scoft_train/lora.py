@@ -1,0 +1,160 @@
+"""LoRA adapters on the UNet attention projections: add, checkpoint, export for ComfyUI.
+
+In memory the adapter is a peft LoRA named `ADAPTER_NAME`. Checkpoints keep the peft
+state dict; the deliverable is a kohya-format `.safetensors` that ComfyUI's LoraLoader
+and diffusers' `load_lora_weights` both read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DConditionModel
+from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
+from safetensors import safe_open
+
+from .atomic import atomic_save_safetensors
+
+logger = logging.getLogger(__name__)
+
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+ADAPTER_NAME = "scoft"
+KOHYA_PREFIX = "lora_unet_"
+FORMAT_VERSION = "1"
+INIT_MODES = {"gaussian": "gaussian", "kaiming": True}
+
+
+def add_lora(unet: UNet2DConditionModel, rank: int = 64, alpha: float = 64.0, init: str = "gaussian") -> None:
+    """Add the `ADAPTER_NAME` LoRA to `unet` in place and freeze everything else.
+
+    `init` picks how A starts ("gaussian": N(0, 1/rank), "kaiming": peft's default);
+    B always starts at zero, so the fresh adapter leaves the UNet's output unchanged.
+    Afterwards only the LoRA A/B weights require grad.
+    """
+    if init not in INIT_MODES:
+        raise ValueError(f"LoRA init {init!r} is unknown; choose one of {sorted(INIT_MODES)}")
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        target_modules=list(LORA_TARGETS),
+        init_lora_weights=INIT_MODES[init],
+    )
+    unet.requires_grad_(False)
+    unet.add_adapter(config, adapter_name=ADAPTER_NAME)
+    for name, param in unet.named_parameters():
+        param.requires_grad_(f".{ADAPTER_NAME}." in name and ".lora_" in name)
+
+
+def lora_layers(unet: UNet2DConditionModel) -> dict[str, LoraLayer]:
+    """{diffusers module path: peft LoRA layer} for every layer carrying our adapter."""
+    return {
+        name: module
+        for name, module in unet.named_modules()
+        if isinstance(module, LoraLayer) and ADAPTER_NAME in module.lora_A
+    }
+
+
+def lora_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
+    """The adapter's weights in peft format (`<module>.lora_A.weight` / `.lora_B.weight`), detached."""
+    state = get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME)
+    return {key: value.detach().clone() for key, value in state.items()}
+
+
+def load_lora_state_dict(unet: UNet2DConditionModel, state: dict[str, torch.Tensor]) -> None:
+    """Load a peft-format adapter state dict (from `lora_state_dict`) into `unet`'s adapter.
+
+    Raises ValueError when the dict does not cover the adapter exactly.
+    """
+    expected = set(get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME))
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"LoRA state dict does not match the adapter: {len(missing)} missing "
+            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}); "
+            "was it saved with the same rank and targets?"
+        )
+    set_peft_model_state_dict(unet, state, adapter_name=ADAPTER_NAME)
+
+
+def kohya_key(module_path: str) -> str:
+    """kohya name of a UNet module, e.g. `down_blocks.0....attn1.to_out.0` -> `lora_unet_down_blocks_0_..._to_out_0`."""
+    return KOHYA_PREFIX + module_path.replace(".", "_")
+
+
+def kohya_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
+    """The adapter as kohya tensors: `.lora_down.weight` [r, in], `.lora_up.weight` [out, r], `.alpha` (0-d)."""
+    layers = lora_layers(unet)
+    if not layers:
+        raise ValueError(f"the UNet has no '{ADAPTER_NAME}' LoRA adapter; call add_lora first")
+    state = {}
+    for path, layer in layers.items():
+        if layer.use_rslora.get(ADAPTER_NAME, False):
+            raise ValueError(f"{path}: rsLoRA scaling has no kohya equivalent")
+        key = kohya_key(path)
+        state[f"{key}.lora_down.weight"] = layer.lora_A[ADAPTER_NAME].weight.detach()
+        state[f"{key}.lora_up.weight"] = layer.lora_B[ADAPTER_NAME].weight.detach()
+        state[f"{key}.alpha"] = torch.tensor(float(layer.lora_alpha[ADAPTER_NAME]), dtype=torch.float32)
+    return state
+
+
+def _adapter_rank_alpha(unet: UNet2DConditionModel) -> tuple[int, float]:
+    config = unet.peft_config[ADAPTER_NAME]
+    return int(config.r), float(config.lora_alpha)
+
+
+def _as_metadata_value(value) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def export_kohya(
+    unet: UNet2DConditionModel,
+    path: str | os.PathLike,
+    metadata: dict | None = None,
+    rank: int | None = None,
+    alpha: float | None = None,
+) -> Path:
+    """Write the adapter as a kohya-format LoRA `.safetensors` (atomic) and return its path.
+
+    Keys are `lora_unet_<diffusers module path, dots as underscores>` + `.lora_down.weight`,
+    `.lora_up.weight` and `.alpha` (the real lora_alpha, so loaders scale by alpha/rank like
+    peft does). `metadata` (method, preset, loss weights, steps, fingerprints...) goes into
+    the header; non-string values are stored as str/JSON. `rank`/`alpha`, when given, must
+    match the adapter.
+    """
+    target = Path(path)
+    if target.suffix != ".safetensors":
+        raise ValueError(f"LoRA export path {target} must end in .safetensors")
+    real_rank, real_alpha = _adapter_rank_alpha(unet)
+    if (rank is not None and rank != real_rank) or (alpha is not None and float(alpha) != real_alpha):
+        raise ValueError(
+            f"export_kohya got rank={rank}, alpha={alpha} but the adapter has rank={real_rank}, alpha={real_alpha}"
+        )
+    header = {key: _as_metadata_value(value) for key, value in (metadata or {}).items()}
+    header.update(
+        ss_network_module="networks.lora",
+        ss_network_dim=str(real_rank),
+        ss_network_alpha=_as_metadata_value(real_alpha),
+        scoft_format_version=FORMAT_VERSION,
+    )
+    tensors = kohya_state_dict(unet)
+    atomic_save_safetensors(tensors, target, metadata=header)
+    logger.info("wrote LoRA %s (%d tensors, rank %d, alpha %s)", target, len(tensors), real_rank, real_alpha)
+    return target
+
+
+def read_lora_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a `.safetensors` header ({} when it has none)."""
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
