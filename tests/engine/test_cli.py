@@ -1,0 +1,80 @@
+"""The command line: every verb's help, train -> sample -> compare on the tiny model, bench."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+from safetensors import safe_open
+
+from scoft_train.bench import bench_train
+from scoft_train.cli import main
+from scoft_train.sample_data import CCUB_DEMO_DIR
+
+FAST = ["--grad-accum", "1", "--rank", "4", "--alpha", "8", "--contrastive-every", "2", "--denoise-steps", "2",
+        "--allow-random-backbone"]
+
+
+@pytest.mark.parametrize("verb,expected", [
+    ("train", "--contrastive-every"), ("sample", "--scheduler"), ("compare", "--lora"), ("bench", "train"),
+    ("demo", "--steps"),
+])
+def test_every_verb_has_help(verb, expected):
+    result = subprocess.run([sys.executable, "-m", "scoft_train", verb, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert expected in result.stdout
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    config = out / "settings.yaml"
+    config.write_text("preset: FT+MP\nsteps: 3\nweights:\n  perceptual: 0.5\nlr: 0.001\n")
+    code = main(["train", "--data", str(CCUB_DEMO_DIR), "--out", str(out), "--config", str(config),
+                 "--steps", "2", *FAST])
+    assert code == 0
+    return out
+
+
+def test_train_writes_lora_history_and_plot(trained):
+    lora = trained / "scoft_lora.safetensors"
+    with safe_open(str(lora), framework="pt") as handle:
+        meta, keys = handle.metadata(), list(handle.keys())
+    assert meta["scoft_preset"] == "FT+MP" and meta["scoft_steps"] == "2"
+    assert json.loads(meta["scoft_loss_weights"]) == {"ldm": 0.7, "mem": 0.3, "perceptual": 0.5, "contrastive": 0.0}
+    assert all(k.startswith("lora_unet_") for k in keys)
+    history = json.loads((trained / "loss_history.json").read_text())
+    assert [h["step"] for h in history] == [1, 2] and "loss/perceptual" in history[0]
+    with Image.open(trained / "loss_plot.png") as plot:
+        assert plot.format == "PNG" and plot.width > 100
+
+
+def test_sample_and_compare_from_the_trained_lora(trained, tmp_path, capsys):
+    lora = str(trained / "scoft_lora.safetensors")
+    common = ["--prompt", "a house", "--prompt", "a meal", "--steps", "3", "--seed", "5"]
+    assert main(["sample", *common, "--lora", lora, "--out", str(tmp_path / "samples")]) == 0
+    written = sorted(p.name for p in (tmp_path / "samples").iterdir())
+    assert written == ["000_seed5.png", "001_seed6.png"]
+    assert main(["compare", *common, "--lora", lora, "--out", str(tmp_path / "grid.png")]) == 0
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.height > 2 * 64 and grid.width > 2 * 64
+    assert "grid:" in capsys.readouterr().out
+
+
+def test_bad_config_key_is_reported_and_writes_nothing(tmp_path, caplog):
+    config = tmp_path / "bad.json"
+    config.write_text(json.dumps({"rnak": 4}))
+    out = tmp_path / "out"
+    assert main(["train", "--data", str(CCUB_DEMO_DIR), "--out", str(out), "--config", str(config)]) == 2
+    assert "unknown training setting(s): rnak" in caplog.text
+    assert not out.exists()
+
+
+def test_bench_reports_ratios_and_breakdown():
+    result = bench_train(steps=1, warmup=0, threads=2)
+    assert result.plain > 0 and result.scoft_branch > result.scoft_no_branch > 0
+    report = result.report()
+    assert "amortised" in report and "VAE decode" in report and "backward" in report
