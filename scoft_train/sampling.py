@@ -155,36 +155,6 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(image) for image in array]
 
 
-def sample(
-    bundle: ModelBundle,
-    prompts: list[str],
-    seeds: list[int] | int,
-    lora_path: str | os.PathLike | None = None,
-    lora_strength: float = 1.0,
-    scheduler: str = "ddim",
-    steps: int = 20,
-    cfg: float = 7.5,
-    size: int | tuple[int, int] | None = None,
-    negative_prompt: str = "",
-    on_step: OnStep | None = None,
-    unet: UNet2DConditionModel | None = None,
-    batch_size: int = 4,
-) -> list[Image.Image]:
-    """`sample_tensor` as a list of RGB PIL images, one per prompt."""
-    return to_pil(
-        sample_tensor(
-            bundle,
-            prompts,
-            seeds,
-            lora_path=lora_path,
-            lora_strength=lora_strength,
-            scheduler=scheduler,
-            steps=steps,
-            cfg=cfg,
-            size=size,
-            negative_prompt=negative_prompt,
-            on_step=on_step,
-            unet=unet,
-            batch_size=batch_size,
-        )
-    )
+def sample(bundle: ModelBundle, prompts: list[str], seeds: list[int] | int, **options) -> list[Image.Image]:
+    """`sample_tensor` (same options) as a list of RGB PIL images, one per prompt."""
+    return to_pil(sample_tensor(bundle, prompts, seeds, **options))
