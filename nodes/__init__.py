@@ -1,0 +1,25 @@
+"""The SCoFT node suite: one table generates ComfyUI's two mappings.
+
+Modules by pipeline stage: models (load model), data (load CCUB), train, lora (save/load
+LoRA files), sampling (sampler, comparison grid); common holds the shared types.
+"""
+
+from .data import LoadCCUBDataset
+from .lora import LoadSCoFTLoRA, SaveSCoFTLoRA
+from .models import LoadSCoFTModel
+from .sampling import SCoFTCompareGrid, SCoFTSampler
+from .train import SCoFTTrain
+
+# (node id, display name, class)
+NODES = (
+    ("SCoFTLoadModel", "Load SCoFT Model", LoadSCoFTModel),
+    ("SCoFTLoadCCUBDataset", "Load CCUB Dataset", LoadCCUBDataset),
+    ("SCoFTTrain", "SCoFT Train", SCoFTTrain),
+    ("SCoFTSaveLoRA", "Save SCoFT LoRA", SaveSCoFTLoRA),
+    ("SCoFTLoadLoRA", "Load SCoFT LoRA", LoadSCoFTLoRA),
+    ("SCoFTSampler", "SCoFT Sampler", SCoFTSampler),
+    ("SCoFTCompareGrid", "SCoFT Compare Grid", SCoFTCompareGrid),
+)
+
+NODE_CLASS_MAPPINGS = {node_id: cls for node_id, _, cls in NODES}
+NODE_DISPLAY_NAME_MAPPINGS = {node_id: name for node_id, name, _ in NODES}

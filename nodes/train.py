@@ -1,0 +1,179 @@
+"""SCoFT Train: every TrainConfig field as a widget -> scoft_train.stages.train_scoft -> SCOFT_LORA."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import time
+import typing
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..scoft_train import checkpoint as ckpt
+from ..scoft_train.config import LR_SCHEDULES, MIXED_PRECISION, PRESETS, LossWeights, TrainConfig
+from ..scoft_train.features import BACKBONES
+from ..scoft_train.generation import GRAD_MODES
+from ..scoft_train.images import pil_to_batch
+from ..scoft_train.losses import CONTRASTIVE_FORMS
+from ..scoft_train.stages import train_scoft
+from .common import SCOFT_DATASET, SCOFT_LORA, SCOFT_MODEL, SEED_MAX, LoraFile, progress_callback, tip
+
+logger = logging.getLogger(__name__)
+
+RUNS_FOLDER = "scoft_runs"
+LORA_NAME = "scoft_lora.safetensors"
+WEIGHT_PREFIX = "weight_"
+
+# Combos come from the engine's registries.
+CHOICES = {
+    "preset": tuple(PRESETS),
+    "lr_schedule": LR_SCHEDULES,
+    "grad_mode": GRAD_MODES,
+    "perceptual_backbone": BACKBONES,
+    "contrastive_backbone": BACKBONES,
+    "contrastive_form": CONTRASTIVE_FORMS,
+    "mixed_precision": MIXED_PRECISION,
+}
+# Widget ranges (the engine checks the same lower bounds).
+RANGES = {
+    "steps": dict(min=1, max=1_000_000),
+    "batch_size": dict(min=1, max=256),
+    "grad_accum": dict(min=1, max=1024),
+    "lr": dict(min=1e-6, max=1.0, step=1e-6),
+    "warmup_steps": dict(min=0, max=1_000_000),
+    "max_grad_norm": dict(min=0.0, max=1000.0, step=0.01),
+    "rank": dict(min=1, max=1024),
+    "alpha": dict(min=0.0, max=4096.0, step=0.5),
+    "seed": dict(min=0, max=SEED_MAX),
+    "contrastive_every": dict(min=1, max=1_000_000),
+    "denoise_steps": dict(min=1, max=1000),
+    "cfg": dict(min=0.0, max=30.0, step=0.1),
+    "margin": dict(min=0.0, max=100.0, step=0.01),
+    "checkpoint_every": dict(min=0, max=1_000_000),
+    "checkpoint_limit": dict(min=0, max=1000),
+}
+WEIGHT_RANGE = dict(min=0.0, max=100.0, step=0.001)
+OPTIONAL_PATH = " Empty = none."
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _field_widget(name: str, kind, default, help_text: str) -> tuple:
+    """A TrainConfig field as a ComfyUI widget spec (type, options with the field's help as tooltip)."""
+    if name in CHOICES:
+        return (CHOICES[name], tip(help_text, default=default))
+    if kind is bool:
+        return ("BOOLEAN", tip(help_text, default=default))
+    if kind is int:
+        return ("INT", tip(f"{help_text} (integer {RANGES[name]['min']}..{RANGES[name]['max']})", default=default, **RANGES[name]))
+    if kind is float:
+        limits = RANGES[name]
+        return ("FLOAT", tip(f"{help_text} ({limits['min']:g}..{limits['max']:g})", default=default, **limits))
+    if kind in (str, str | None):
+        return ("STRING", tip(help_text + (OPTIONAL_PATH if default is None else ""), default=default or ""))
+    raise TypeError(f"TrainConfig.{name}: no widget for type {kind!r}; add one in nodes/train.py")
+
+
+def config_widgets() -> dict[str, tuple]:
+    """Every TrainConfig field in declaration order; `weights` expands to one FLOAT per loss."""
+    hints = typing.get_type_hints(TrainConfig)
+    widgets = {}
+    for spec in dataclasses.fields(TrainConfig):
+        if hints[spec.name] is LossWeights:
+            defaults = LossWeights()
+            for weight in dataclasses.fields(LossWeights):
+                widgets[WEIGHT_PREFIX + weight.name] = ("FLOAT", tip(
+                    f"weight of L_{weight.name} in the total loss (0..100); used only when the preset enables "
+                    f"it. Reference: {getattr(defaults, weight.name):g}",
+                    default=getattr(defaults, weight.name), **WEIGHT_RANGE,
+                ))
+            continue
+        default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+        widgets[spec.name] = _field_widget(spec.name, hints[spec.name], default, spec.metadata["help"])
+    return widgets
+
+
+def build_config(values: dict) -> TrainConfig:
+    """Widget values -> TrainConfig: weight_* regrouped, empty optional paths -> None."""
+    optional = {spec.name for spec in dataclasses.fields(TrainConfig) if spec.default is None}
+    settings = {k: v for k, v in values.items() if not k.startswith(WEIGHT_PREFIX)}
+    settings["weights"] = {k[len(WEIGHT_PREFIX):]: v for k, v in values.items() if k.startswith(WEIGHT_PREFIX)}
+    for name in optional:
+        settings[name] = settings.get(name) or None
+    return TrainConfig.from_dict(settings)
+
+
+def run_folder(run_name: str) -> Path:
+    import folder_paths
+
+    if not _RUN_NAME.match(run_name):
+        raise ValueError(
+            f"run_name {run_name!r}: use letters, digits, '_', '-' or '.', starting with a letter or digit "
+            f"(it names the folder output/{RUNS_FOLDER}/<run_name>)"
+        )
+    return Path(folder_paths.get_output_directory()) / RUNS_FOLDER / run_name
+
+
+class SCoFTTrain:
+    DESCRIPTION = (
+        "Trains a SCoFT LoRA on the model's UNet attention layers with the chosen ablation preset "
+        "(FT = L_LDM; +M memorization; +P perceptual; +C self-contrastive against the negatives). "
+        "Shows progress; Cancel stops after the current step and saves a checkpoint that 'resume' continues."
+    )
+    CATEGORY = "SCoFT/train"
+    FUNCTION = "train"
+    RETURN_TYPES = (SCOFT_LORA, "IMAGE", "STRING")
+    RETURN_NAMES = ("lora", "loss_plot", "summary")
+    OUTPUT_TOOLTIPS = (
+        "The trained LoRA (kohya .safetensors in output/scoft_runs/<run_name>); connect to Save SCoFT LoRA or SCoFT Sampler.",
+        "Loss curves per step (total and each enabled loss).",
+        "Steps, final losses, time and file paths of this run.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (SCOFT_MODEL, tip("Base model from Load SCoFT Model; it is copied, never changed.")),
+                "dataset": (SCOFT_DATASET, tip("CCUB dataset from Load CCUB Dataset.")),
+                **config_widgets(),
+                "run_name": ("STRING", tip(
+                    f"Work folder output/{RUNS_FOLDER}/<run_name> for the LoRA, loss history, plot and checkpoints.",
+                    default="scoft",
+                )),
+                "resume": ("BOOLEAN", tip(
+                    "Continue from the newest checkpoint in this run's work folder (written on Cancel or every "
+                    "checkpoint_every steps); the settings must match. Off, or no checkpoint yet = start at step 0.",
+                    default=False,
+                )),
+            }
+        }
+
+    def train(self, model, dataset, run_name: str, resume: bool, **settings):
+        config = build_config(settings)
+        folder = run_folder(run_name)
+        checkpoints = ckpt.list_checkpoints(folder / "checkpoints") if resume else []
+        if resume and not checkpoints:
+            logger.info("resume: no checkpoint in %s yet; training from step 0", folder / "checkpoints")
+        started = time.monotonic()
+        # ComfyUI runs nodes under inference mode; training needs autograd back.
+        with torch.inference_mode(False), torch.enable_grad():
+            outputs = train_scoft(
+                model, dataset, config, folder, on_step=progress_callback(config.steps),
+                resume=bool(checkpoints), lora_name=LORA_NAME,
+            )
+        lora = LoraFile.from_file(outputs.lora)
+        with Image.open(outputs.loss_plot) as plot:
+            loss_plot = pil_to_batch(plot)
+        last = outputs.history[-1] if outputs.history else {}
+        losses = ", ".join(f"{key.split('/')[-1]} {value:.4g}" for key, value in last.items() if key.startswith("loss/"))
+        summary = (
+            f"SCoFT {config.preset}: {last.get('step', 0)}/{config.steps} steps in {time.monotonic() - started:.1f} s"
+            + (f" (resumed from {checkpoints[-1].name})" if checkpoints else "")
+            + f"\nfinal loss {last.get('loss', float('nan')):.4g} ({losses})"
+            + f"\nLoRA rank {lora.rank}, alpha {lora.alpha:g}: {lora.path}\nloss plot: {outputs.loss_plot}"
+        )
+        logger.info("%s", summary.replace("\n", "; "))
+        return (lora, loss_plot, summary)

@@ -1,0 +1,238 @@
+"""The SCoFT nodes inside the real ComfyUI server: registration, errors, caching, LoRA files, cancel."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+import urllib.request
+import uuid
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors import safe_open
+
+from scoft_train import client
+from scoft_train.checkpoint import load_checkpoint
+from scoft_train.config import PRESETS, LossWeights, TrainConfig
+from scoft_train.lora import add_lora, export_kohya
+from scoft_train.sampling import SCHEDULERS
+
+from .helpers import FIXTURES, REPO_ROOT
+
+FINETUNE = REPO_ROOT / "workflows" / "api" / "scoft_finetune_compare.json"
+CUSTOM = {"SCOFT_MODEL", "SCOFT_DATASET", "SCOFT_LORA", "IMAGE"}
+
+# node id: (display name, category, required inputs, optional inputs, outputs, output node)
+EXPECTED = {
+    "SCoFTLoadModel": ("Load SCoFT Model", "SCoFT/model",
+                       ["model", "config", "prediction_type", "dtype", "device"], [], ["SCOFT_MODEL"], False),
+    "SCoFTLoadCCUBDataset": ("Load CCUB Dataset", "SCoFT/data",
+                             ["folder", "culture_terms", "resolution"], [], ["SCOFT_DATASET", "IMAGE", "STRING"], False),
+    "SCoFTTrain": ("SCoFT Train", "SCoFT/train", None, [], ["SCOFT_LORA", "IMAGE", "STRING"], False),
+    "SCoFTSaveLoRA": ("Save SCoFT LoRA", "SCoFT/lora", ["lora", "filename_prefix"], [], ["STRING"], True),
+    "SCoFTLoadLoRA": ("Load SCoFT LoRA", "SCoFT/lora", ["lora_name"], [], ["SCOFT_LORA"], False),
+    "SCoFTSampler": ("SCoFT Sampler", "SCoFT/sample",
+                     ["model", "prompts", "negative_prompt", "seed", "steps", "cfg", "scheduler", "width", "height"],
+                     ["lora", "lora_strength"], ["IMAGE"], False),
+    "SCoFTCompareGrid": ("SCoFT Compare Grid", "SCoFT/sample",
+                         ["left_images", "right_images", "left_label", "right_label", "prompts"], [], ["IMAGE"], False),
+}
+
+
+def train_input_names() -> list[str]:
+    names = ["model", "dataset"]
+    for spec in dataclasses.fields(TrainConfig):
+        if spec.name == "weights":
+            names += [f"weight_{w.name}" for w in dataclasses.fields(LossWeights)]
+        else:
+            names.append(spec.name)
+    return names + ["run_name", "resume"]
+
+
+def finetune_prompt(**train_overrides) -> dict:
+    prompt = json.loads(FINETUNE.read_text(encoding="utf-8"))
+    prompt["3"]["inputs"].update(train_overrides)
+    return prompt
+
+
+def post_prompt(host, prompt: dict) -> str:
+    body = json.dumps({"prompt": prompt, "client_id": uuid.uuid4().hex}).encode()
+    request = urllib.request.Request(host.url + "/prompt", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return json.loads(resp.read())["prompt_id"]
+
+
+def wait_history(host, prompt_id: str, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entry = host.get_json(f"/history/{prompt_id}").get(prompt_id)
+        if entry:
+            return entry
+        time.sleep(0.2)
+    raise AssertionError(f"prompt {prompt_id} did not finish within {timeout} s; log:\n{host.log_tail()}")
+
+
+def test_object_info_lists_every_node_with_tooltips(comfy_host):
+    info = comfy_host.get_json("/object_info")
+    for node_id, (display, category, required, optional, outputs, output_node) in EXPECTED.items():
+        assert node_id in info, f"{node_id} missing from /object_info; log:\n{comfy_host.log_tail()}"
+        node = info[node_id]
+        assert (node["display_name"], node["category"], node["output"], node["output_node"]) == (
+            display, category, outputs, output_node)
+        assert node["description"], node_id
+        declared = node["input"]["required"]
+        assert list(declared) == (required if required is not None else train_input_names()), node_id
+        assert list(node["input"].get("optional", {})) == optional, node_id
+        for name, spec in {**declared, **node["input"].get("optional", {})}.items():
+            options = spec[1] if len(spec) > 1 else {}
+            assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
+            if spec[0] in ("INT", "FLOAT", "STRING", "BOOLEAN"):
+                assert "default" in options, f"{node_id}.{name} has no default"
+            else:
+                assert isinstance(spec[0], list) or spec[0] in CUSTOM or spec[0] == "STRING", (node_id, name, spec[0])
+
+    train = info["SCoFTTrain"]["input"]["required"]
+    for spec in dataclasses.fields(TrainConfig):
+        if spec.name != "weights":
+            assert spec.metadata["help"] in train[spec.name][1]["tooltip"], spec.name
+    assert train["preset"][0] == list(PRESETS) and train["preset"][1]["default"] == "FT+MPC"
+    assert train["steps"][1]["default"] == TrainConfig().steps
+    assert train["weight_contrastive"][1]["default"] == LossWeights().contrastive
+    assert info["SCoFTSampler"]["input"]["required"]["scheduler"][0] == list(SCHEDULERS)
+    assert info["SCoFTLoadModel"]["input"]["required"]["model"][0][0] == "default"
+
+
+def test_custom_node_imported_without_error(comfy_host):
+    log = comfy_host.log_tail(400)
+    lines = [line for line in log.splitlines() if "comfyui-scoft" in line]
+    assert lines, f"the custom node is not in the import list:\n{log}"
+    assert not any("IMPORT FAILED" in line for line in lines), log
+    assert "Cannot import" not in log, log
+
+
+def test_broken_dataset_path_is_reported_and_server_keeps_serving(comfy_host, tmp_path):
+    missing = tmp_path / "no_such_ccub_folder"
+    prompt = finetune_prompt()
+    prompt["2"]["inputs"]["folder"] = str(missing)
+    with pytest.raises(client.ExecutionFailed) as failure:
+        client.run_workflow(prompt, comfy_host.url, tmp_path / "out", timeout=120)
+    message = str(failure.value)
+    assert "node 2 (SCoFTLoadCCUBDataset) failed" in message and str(missing) in message, message
+    assert "dataset folder not found" in message
+
+    # The next prompt runs normally.
+    paths = client.run_workflow(json.loads((FIXTURES / "empty_image_api.json").read_text()), comfy_host.url,
+                                tmp_path / "next", timeout=60)
+    assert paths and all(p.is_file() for p in paths)
+
+
+def test_invalid_metadata_names_file_and_line(comfy_host, tmp_path):
+    folder = comfy_host.root / "input" / "broken_ccub"
+    folder.mkdir()
+    (folder / "metadata.jsonl").write_text(
+        '{"file_name": "images/missing.png", "text": "a Korean house"}\nnot json\n', encoding="utf-8"
+    )
+    prompt = finetune_prompt()
+    prompt["2"]["inputs"]["folder"] = "broken_ccub"  # relative = under ComfyUI's input folder
+    with pytest.raises(client.ExecutionFailed) as failure:
+        client.run_workflow(prompt, comfy_host.url, tmp_path, timeout=120)
+    message = str(failure.value)
+    assert "metadata.jsonl line 1" in message and "images/missing.png" in message, message
+    assert "metadata.jsonl line 2" in message and "not valid JSON" in message, message
+
+
+def _baseline_prompt(first_id: int) -> dict:
+    """Load model -> baseline sampler -> SaveImage, under node ids not used elsewhere."""
+    finetune = json.loads(FINETUNE.read_text(encoding="utf-8"))
+    loader, sampler, save = (str(first_id + k) for k in range(3))
+    inputs = dict(finetune["5"]["inputs"], model=[loader, 0])
+    return {
+        loader: finetune["1"],
+        sampler: {"class_type": "SCoFTSampler", "inputs": inputs},
+        save: {"class_type": "SaveImage", "inputs": {"images": [sampler, 0], "filename_prefix": f"nodes_test/base{first_id}"}},
+    }
+
+
+def _pixels(paths) -> np.ndarray:
+    """The images (one per prompt line) stacked [N, H, W, 3]."""
+    assert len(paths) == 3, paths
+    arrays = []
+    for path in paths:
+        with Image.open(path) as image:
+            arrays.append(np.asarray(image.convert("RGB")))
+    return np.stack(arrays)
+
+
+def test_cached_model_is_reused_and_never_mutated(comfy_host, tmp_path):
+    before = _pixels(client.run_workflow(_baseline_prompt(100), comfy_host.url, tmp_path / "a", timeout=120))
+
+    # Train and sample with the LoRA on the same cached model.
+    paths = client.run_workflow(finetune_prompt(run_name="nodes_cache_test", lr=0.01), comfy_host.url,
+                                tmp_path / "train", timeout=180)
+    assert any(p.name.startswith("compare") for p in paths)
+
+    after = _pixels(client.run_workflow(_baseline_prompt(110), comfy_host.url, tmp_path / "b", timeout=120))
+    np.testing.assert_array_equal(before, after)
+    assert "reusing the cached copy" in comfy_host.log_tail(400)
+
+
+def test_save_lora_counts_up_and_core_loader_lists_it(comfy_host, tmp_path, tiny_bundle):
+    unet = copy.deepcopy(tiny_bundle.unet)
+    add_lora(unet, rank=2, alpha=2.0)
+    source = export_kohya(unet, comfy_host.root / "models" / "loras" / "nodes_src" / "tiny.safetensors")
+
+    prompt = {
+        "1": {"class_type": "SCoFTLoadLoRA", "inputs": {"lora_name": "nodes_src/tiny.safetensors"}},
+        "2": {"class_type": "SCoFTSaveLoRA", "inputs": {"lora": ["1", 0], "filename_prefix": "nodes_save/copy"}},
+        "3": {"class_type": "SCoFTSaveLoRA", "inputs": {"lora": ["1", 0], "filename_prefix": "nodes_save/copy"}},
+    }
+    prompt_id = post_prompt(comfy_host, prompt)
+    entry = wait_history(comfy_host, prompt_id)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    names = sorted(entry["outputs"][node]["text"][0] for node in ("2", "3"))
+    assert names == ["nodes_save/copy_00001_.safetensors", "nodes_save/copy_00002_.safetensors"]
+    for name in names:
+        saved = comfy_host.root / "models" / "loras" / name
+        assert saved.read_bytes() == source.read_bytes()
+
+    listed = comfy_host.get_json("/object_info/LoraLoader")["LoraLoader"]["input"]["required"]["lora_name"][0]
+    assert set(names) <= set(listed)
+
+    bad = {"1": prompt["1"], "2": {"class_type": "SCoFTSaveLoRA", "inputs": {"lora": ["1", 0], "filename_prefix": "../escape"}}}
+    with pytest.raises(client.ExecutionFailed, match="must name a file inside"):
+        client.run_workflow(bad, comfy_host.url, tmp_path, timeout=60)
+
+
+def test_cancel_saves_checkpoint_and_resume_continues(comfy_host, tmp_path):
+    run = "nodes_cancel_test"
+    settings = dict(run_name=run, preset="FT", steps=5000, checkpoint_every=0)
+    full = finetune_prompt(**settings)
+    prompt = {k: full[k] for k in ("1", "2", "3", "4")}
+    prompt["4"]["inputs"]["filename_prefix"] = f"{run}/lora"
+    prompt_id = post_prompt(comfy_host, prompt)
+
+    deadline = time.monotonic() + 60
+    while not any(item[1] == prompt_id for item in comfy_host.get_json("/queue")["queue_running"]):
+        assert time.monotonic() < deadline, "the prompt never started"
+        time.sleep(0.2)
+    time.sleep(3.0)  # a few training steps
+    urllib.request.urlopen(urllib.request.Request(comfy_host.url + "/interrupt", data=b"", method="POST"), timeout=10)
+    entry = wait_history(comfy_host, prompt_id)
+    kinds = [message[0] for message in entry["status"]["messages"]]
+    assert "execution_interrupted" in kinds, entry["status"]
+
+    checkpoints = sorted((comfy_host.root / "output" / "scoft_runs" / run / "checkpoints").glob("*.safetensors"))
+    assert checkpoints, f"no checkpoint after cancel; log:\n{comfy_host.log_tail()}"
+    step = load_checkpoint(checkpoints[-1]).step
+    assert 0 < step < 5000
+
+    prompt = copy.deepcopy(prompt)
+    prompt["3"]["inputs"].update(steps=step + 2, resume=True)
+    client.run_workflow(prompt, comfy_host.url, tmp_path, timeout=120)
+    (saved,) = (comfy_host.root / "models" / "loras" / run).glob("*.safetensors")
+    with safe_open(str(saved), framework="pt") as handle:
+        assert handle.metadata()["scoft_steps"] == str(step + 2)
+    assert f"resumed from {checkpoints[-1]}" in comfy_host.log_tail(400)

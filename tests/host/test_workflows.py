@@ -1,0 +1,78 @@
+"""Every API workflow (workflows/api/*.json) run through the real server with the bundled client."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+from safetensors import safe_open
+
+from scoft_train import client
+
+from .helpers import REPO_ROOT
+
+API = REPO_ROOT / "workflows" / "api"
+KOHYA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
+
+
+def newest_lora(host, folder: str):
+    saved = sorted((host.root / "models" / "loras" / folder).glob("*.safetensors"))
+    assert saved, f"no LoRA in models/loras/{folder}; log:\n{host.log_tail()}"
+    return saved[-1]
+
+
+@pytest.fixture(scope="module")
+def finetuned(comfy_host, tmp_path_factory):
+    """scoft_finetune_compare.json through the CLI, as a user would run it."""
+    out = tmp_path_factory.mktemp("finetune")
+    result = subprocess.run(
+        [sys.executable, "-m", "scoft_train.client", "run", str(API / "scoft_finetune_compare.json"),
+         "--server", comfy_host.url, "--out", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=180, check=False,
+    )
+    assert result.returncode == 0, f"{result.stderr}\nserver log:\n{comfy_host.log_tail()}"
+    return result, out
+
+
+def test_finetune_compare_workflow(comfy_host, finetuned):
+    result, out = finetuned
+    assert "(SCoFTTrain) 4/4" in result.stderr  # progress reached the client over the websocket
+
+    (grid_path,) = [p for p in out.iterdir() if p.name.startswith("compare_")]
+    assert (comfy_host.root / "output" / "scoft" / grid_path.name).is_file()
+    with Image.open(grid_path) as grid:
+        # 3 prompt rows of 64 px cells plus a header; label column + 2 image columns.
+        assert grid.width > 2 * 64 and grid.height > 3 * 64
+        assert len(grid.convert("RGB").getcolors(maxcolors=1 << 20)) > 100  # real images, not blanks
+    assert [p for p in out.iterdir() if p.name.startswith("loss_plot_")]
+
+    lora = newest_lora(comfy_host, "scoft")
+    with safe_open(str(lora), framework="pt") as handle:
+        keys = list(handle.keys())
+        metadata = handle.metadata()
+        assert all(key.startswith("lora_unet_") and key.endswith(KOHYA_SUFFIXES) for key in keys), keys[:5]
+        assert handle.get_tensor(next(k for k in keys if k.endswith(".lora_down.weight"))).shape[0] == 4
+    assert (metadata["scoft_preset"], metadata["ss_network_dim"], metadata["scoft_steps"]) == ("FT+MPC", "4", "4")
+    listed = comfy_host.get_json("/object_info/LoraLoader")["LoraLoader"]["input"]["required"]["lora_name"][0]
+    assert f"scoft/{lora.name}" in listed
+
+
+def test_sample_compare_workflow(comfy_host, finetuned, tmp_path):
+    lora = newest_lora(comfy_host, "scoft")
+    prompt = client.apply_overrides(client.load_prompt(API / "sample_compare.json"),
+                                    [f"Load SCoFT LoRA.lora_name=scoft/{lora.name}"])
+    paths = client.run_workflow(prompt, comfy_host.url, tmp_path, timeout=120)
+    (grid_path,) = paths
+    assert (comfy_host.root / "output" / "scoft" / grid_path.name).is_file()
+    with Image.open(grid_path) as grid:
+        assert grid.width > 2 * 64 and grid.height > 3 * 64
+
+
+def test_every_api_workflow_is_covered():
+    assert sorted(p.name for p in API.glob("*.json")) == ["sample_compare.json", "scoft_finetune_compare.json"]
+    for path in API.glob("*.json"):
+        prompt = json.loads(path.read_text(encoding="utf-8"))
+        assert all("class_type" in node for node in prompt.values()), path
