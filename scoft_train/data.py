@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 METADATA_NAME = "metadata.jsonl"
 NEGATIVES_DIR = "negatives"
+DEPTH_SUFFIX = "_depth"  # `<stem>_depth.png` beside an image is its depth map, not an example
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 _NATIONALITIES = (
@@ -254,8 +255,12 @@ def _metadata_record(
 
 
 def _scan_sidecars(root: Path, problems: list[str]) -> list[tuple[CCUBRecord, bool]]:
-    """Layout B: records from top-level images with `<stem>.txt` sidecar captions."""
-    images = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+    """Layout B: records from top-level images with `<stem>.txt` sidecar captions
+    (`<stem>_depth.<ext>` files are depth maps, not examples)."""
+    images = sorted(
+        p for p in root.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir() and not p.stem.endswith(DEPTH_SUFFIX)
+    )
     if not images:
         problems.append(f"no {METADATA_NAME} and no images ({', '.join(IMAGE_SUFFIXES)}) in the folder; the dataset is empty")
         return []

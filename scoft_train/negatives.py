@@ -34,7 +34,7 @@ from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 from PIL import Image
 
 from .atomic import atomic_save_image, atomic_write_bytes
-from .data import IMAGE_SUFFIXES, METADATA_NAME, NEGATIVES_DIR, DatasetError
+from .data import DEPTH_SUFFIX, IMAGE_SUFFIXES, METADATA_NAME, NEGATIVES_DIR, DatasetError
 from .depth import DepthEstimator, depth_image
 from .grid import compare_grid, save_grid
 from .models import ModelBundle
@@ -44,7 +44,6 @@ from .sampling import SCHEDULERS, initial_noise, make_scheduler, to_pil
 logger = logging.getLogger(__name__)
 
 BACKUP_SUFFIX = ".bak"
-DEPTH_SUFFIX = "_depth"
 PREVIEW_ROWS = 8
 
 

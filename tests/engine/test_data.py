@@ -387,3 +387,11 @@ def test_random_crop_is_shared_by_the_negatives(tmp_path):
         assert torch.equal(item["negatives"][0], item["pixel_values"])
         crops.add(item["pixel_values"][0, 0, 0].item())
     assert len(crops) > 2, "different seeds give different crops"
+
+
+def test_sidecar_layout_skips_depth_maps(tmp_path):
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "house.png")
+    (tmp_path / "house.txt").write_text("a Korean house")
+    Image.new("L", (64, 64), 128).save(tmp_path / "house_depth.png")
+    dataset = load_ccub(tmp_path)
+    assert [r.image.name for r in dataset.records] == ["house.png"]
