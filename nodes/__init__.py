@@ -1,12 +1,13 @@
 """The SCoFT node suite: one table generates ComfyUI's two mappings.
 
-Modules by pipeline stage: models (load model), data (load CCUB), train, lora (save/load
+Modules by pipeline stage: models (load model), data (load CCUB), negatives, train, lora (save/load
 LoRA files), sampling (sampler, comparison grid); common holds the shared types.
 """
 
 from .data import LoadCCUBDataset
 from .lora import LoadSCoFTLoRA, SaveSCoFTLoRA
 from .models import LoadSCoFTModel
+from .negatives import GenerateSCoFTNegatives
 from .sampling import SCoFTCompareGrid, SCoFTSampler
 from .train import SCoFTTrain
 
@@ -14,6 +15,7 @@ from .train import SCoFTTrain
 NODES = (
     ("SCoFTLoadModel", "Load SCoFT Model", LoadSCoFTModel),
     ("SCoFTLoadCCUBDataset", "Load CCUB Dataset", LoadCCUBDataset),
+    ("SCoFTGenerateNegatives", "Generate SCoFT Negatives", GenerateSCoFTNegatives),
     ("SCoFTTrain", "SCoFT Train", SCoFTTrain),
     ("SCoFTSaveLoRA", "Save SCoFT LoRA", SaveSCoFTLoRA),
     ("SCoFTLoadLoRA", "Load SCoFT LoRA", LoadSCoFTLoRA),

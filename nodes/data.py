@@ -7,22 +7,25 @@ from pathlib import Path
 
 from ..scoft_train.data import DEFAULT_CULTURE_TERMS, load_ccub
 from ..scoft_train.images import dataset_preview
-from ..scoft_train.sample_data import CCUB_DEMO_DIR
+from ..scoft_train.sample_data import CCUB_DEMO_DIR, working_copy
 from .common import SCOFT_DATASET, tip
 
 logger = logging.getLogger(__name__)
 
 SAMPLE = "sample"
+SAMPLE_COPY = "scoft_sample_ccub"
 PREVIEW_LIMIT = 16
 
 
 def resolve_folder(folder: str) -> Path:
-    """'' or 'sample' = the sample folder shipped with the engine; relative = under ComfyUI's input dir."""
+    """'' or 'sample' = a working copy of the sample folder shipped with the engine (made once
+    in ComfyUI's input dir, so negatives are never written into the package); relative =
+    under ComfyUI's input dir."""
     import folder_paths
 
     text = folder.strip()
     if text in ("", SAMPLE):
-        return CCUB_DEMO_DIR
+        return working_copy(CCUB_DEMO_DIR, Path(folder_paths.get_input_directory()) / SAMPLE_COPY)
     path = Path(text).expanduser()
     return path if path.is_absolute() else Path(folder_paths.get_input_directory()) / path
 
@@ -49,7 +52,8 @@ class LoadCCUBDataset:
             "required": {
                 "folder": ("STRING", tip(
                     "Dataset folder: an absolute path, or a path relative to ComfyUI's input folder. "
-                    f"Empty or '{SAMPLE}' = the 8-image sample folder shipped with the engine.",
+                    f"Empty or '{SAMPLE}' = the sample folder shipped with the engine (copied once to "
+                    f"input/{SAMPLE_COPY}, where generated negatives go).",
                     default=SAMPLE,
                 )),
                 "culture_terms": ("STRING", tip(

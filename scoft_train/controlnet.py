@@ -152,3 +152,18 @@ def build_tiny_controlnet(unet: UNet2DConditionModel, seed: int = 0) -> ControlN
     if controlnet.dtype != unet.dtype:  # diffusers warns on every dtype cast, so cast only when needed
         controlnet.to(unet.dtype)
     return controlnet
+
+
+DEFAULT_CONTROLNET = "default"
+
+
+def default_controlnet(bundle) -> ControlNetModel:
+    """The depth ControlNet that goes with the embedded default model."""
+    from .models import DEFAULT_MODEL
+
+    if bundle.source != DEFAULT_MODEL:
+        raise ValueError(
+            f"the '{DEFAULT_CONTROLNET}' ControlNet belongs to the embedded default model, not to {bundle.source}; "
+            f"pick a depth ControlNet for it ({WHERE_TO_GET})"
+        )
+    return build_tiny_controlnet(bundle.unet, seed=0)

@@ -335,6 +335,7 @@ class CCUBDataset(Dataset):
         resolution: int = 64,
         center_crop: bool = True,
         random_flip: bool = False,
+        culture_terms: Sequence[str] = DEFAULT_CULTURE_TERMS,
     ):
         if resolution < 1:
             raise ValueError(f"resolution must be a positive number of pixels, got {resolution}")
@@ -344,6 +345,11 @@ class CCUBDataset(Dataset):
         self.resolution = resolution
         self.center_crop = center_crop
         self.random_flip = random_flip
+        self.culture_terms = tuple(culture_terms)
+
+    def reload(self) -> CCUBDataset:
+        """The folder read and validated again with the same settings (e.g. after new negatives)."""
+        return load_ccub(self.root, self.culture_terms, self.resolution, self.center_crop, self.random_flip)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -442,4 +448,4 @@ def load_ccub(
             "CCUB %s: derived %d of %d generic captions from 'text' by removing culture terms (no blip_text given)",
             root, derived, len(records),
         )
-    return CCUBDataset(root, records, derived, resolution, center_crop, random_flip)
+    return CCUBDataset(root, records, derived, resolution, center_crop, random_flip, culture_terms)
