@@ -1,8 +1,12 @@
-"""LoRA adapters on the UNet attention projections: add, checkpoint, export for ComfyUI.
+"""LoRA adapters on the UNet (and optionally CLIP text encoder) attention projections:
+add, checkpoint, export for ComfyUI.
 
 In memory the adapter is a peft LoRA named `ADAPTER_NAME`. Checkpoints keep the peft
 state dict; the deliverable is a kohya-format `.safetensors` that ComfyUI's LoraLoader
-and diffusers' `load_lora_weights` both read.
+and diffusers' `load_lora_weights` both read: `lora_unet_<diffusers UNet path>` and, for
+the text encoder, `lora_te_text_model_<CLIP path>` (the names ComfyUI's
+`model_lora_keys_clip` maps for SD 1.x; transformers >= 5.6 dropped the `text_model.`
+level from CLIPTextModel paths, so it is added back explicitly).
 """
 
 from __future__ import annotations
@@ -23,18 +27,27 @@ from .atomic import atomic_save_safetensors
 logger = logging.getLogger(__name__)
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 ADAPTER_NAME = "scoft"
 KOHYA_PREFIX = "lora_unet_"
+KOHYA_TE_PREFIX = "lora_te_"
 FORMAT_VERSION = "1"
 INIT_MODES = {"gaussian": "gaussian", "kaiming": True}
 
 
-def add_lora(unet: UNet2DConditionModel, rank: int = 64, alpha: float = 64.0, init: str = "gaussian") -> None:
+def add_lora(
+    unet: UNet2DConditionModel,
+    rank: int = 64,
+    alpha: float = 64.0,
+    init: str = "gaussian",
+    targets: tuple[str, ...] = LORA_TARGETS,
+) -> None:
     """Add the `ADAPTER_NAME` LoRA to `unet` in place and freeze everything else.
 
     `init` picks how A starts ("gaussian": N(0, 1/rank), "kaiming": peft's default);
     B always starts at zero, so the fresh adapter leaves the UNet's output unchanged.
-    Afterwards only the LoRA A/B weights require grad.
+    Afterwards only the LoRA A/B weights require grad. `targets`: the projections to
+    adapt; `TEXT_ENCODER_TARGETS` with a CLIPTextModel (anything with `add_adapter`).
     """
     if init not in INIT_MODES:
         raise ValueError(f"LoRA init {init!r} is unknown; choose one of {sorted(INIT_MODES)}")
@@ -43,7 +56,7 @@ def add_lora(unet: UNet2DConditionModel, rank: int = 64, alpha: float = 64.0, in
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,
-        target_modules=list(LORA_TARGETS),
+        target_modules=list(targets),
         init_lora_weights=INIT_MODES[init],
     )
     unet.requires_grad_(False)
@@ -89,16 +102,27 @@ def kohya_key(module_path: str) -> str:
     return KOHYA_PREFIX + module_path.replace(".", "_")
 
 
-def kohya_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
-    """The adapter as kohya tensors: `.lora_down.weight` [r, in], `.lora_up.weight` [out, r], `.alpha` (0-d)."""
+def kohya_te_key(module_path: str) -> str:
+    """kohya name of a CLIP text-encoder module, with or without the `text_model.` level:
+    `encoder.layers.0.self_attn.q_proj` -> `lora_te_text_model_encoder_layers_0_self_attn_q_proj`."""
+    if not module_path.startswith("text_model."):
+        module_path = "text_model." + module_path
+    return KOHYA_TE_PREFIX + module_path.replace(".", "_")
+
+
+def kohya_state_dict(unet: UNet2DConditionModel, key_of=kohya_key) -> dict[str, torch.Tensor]:
+    """The adapter as kohya tensors: `.lora_down.weight` [r, in], `.lora_up.weight` [out, r], `.alpha` (0-d).
+
+    `key_of(module path) -> kohya name`: `kohya_key` for a UNet, `kohya_te_key` for a text encoder.
+    """
     layers = lora_layers(unet)
     if not layers:
-        raise ValueError(f"the UNet has no '{ADAPTER_NAME}' LoRA adapter; call add_lora first")
+        raise ValueError(f"the {type(unet).__name__} has no '{ADAPTER_NAME}' LoRA adapter; call add_lora first")
     state = {}
     for path, layer in layers.items():
         if layer.use_rslora.get(ADAPTER_NAME, False):
             raise ValueError(f"{path}: rsLoRA scaling has no kohya equivalent")
-        key = kohya_key(path)
+        key = key_of(path)
         state[f"{key}.lora_down.weight"] = layer.lora_A[ADAPTER_NAME].weight.detach()
         state[f"{key}.lora_up.weight"] = layer.lora_B[ADAPTER_NAME].weight.detach()
         state[f"{key}.alpha"] = torch.tensor(float(layer.lora_alpha[ADAPTER_NAME]), dtype=torch.float32)
@@ -124,6 +148,7 @@ def export_kohya(
     metadata: dict | None = None,
     rank: int | None = None,
     alpha: float | None = None,
+    text_encoder: torch.nn.Module | None = None,
 ) -> Path:
     """Write the adapter as a kohya-format LoRA `.safetensors` (atomic) and return its path.
 
@@ -131,7 +156,8 @@ def export_kohya(
     `.lora_up.weight` and `.alpha` (the real lora_alpha, so loaders scale by alpha/rank like
     peft does). `metadata` (method, preset, loss weights, steps, fingerprints...) goes into
     the header; non-string values are stored as str/JSON. `rank`/`alpha`, when given, must
-    match the adapter.
+    match the adapter. `text_encoder`: a CLIPTextModel carrying our adapter, written too
+    as `lora_te_text_model_...` keys.
     """
     target = Path(path)
     if target.suffix != ".safetensors":
@@ -149,6 +175,8 @@ def export_kohya(
         scoft_format_version=FORMAT_VERSION,
     )
     tensors = kohya_state_dict(unet)
+    if text_encoder is not None:
+        tensors.update(kohya_state_dict(text_encoder, kohya_te_key))
     atomic_save_safetensors(tensors, target, metadata=header)
     logger.info("wrote LoRA %s (%d tensors, rank %d, alpha %s)", target, len(tensors), real_rank, real_alpha)
     return target

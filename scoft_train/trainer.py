@@ -8,6 +8,9 @@ decoded image feeds L_P (perceptual) and L_C (self-contrastive against the negat
 Expensive invariants are cached: VAE latent distributions of the CCUB images, text
 embeddings of every caption, backbone features of positives and negatives.
 The bundle given is never mutated: the trainer adapts a private copy of the UNet.
+
+Other objectives reuse the loop (accumulation, clipping, schedule, checkpoints, resume)
+by overriding `_adapted_modules`, `_batch` and `micro_step_losses` (see sfsl.trainer).
 """
 
 from __future__ import annotations
@@ -46,14 +49,9 @@ class SCoFTTrainer:
         self.bundle, self.dataset, self.config = bundle, dataset, config
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.device = bundle.device
-        self.unet = copy.deepcopy(bundle.unet)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            add_lora(self.unet, rank=config.rank, alpha=config.alpha)
-        if config.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
-        self.unet.train()
-        self.params = [p for p in self.unet.parameters() if p.requires_grad]
+        self.trainable = self._adapted_modules()
+        self.unet = self.trainable["unet"]
+        self.params = [p for module in self.trainable.values() for p in module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr)
         self.lr_scheduler = get_scheduler(
             "constant_with_warmup" if config.lr_schedule == "constant" else config.lr_schedule,
@@ -73,6 +71,21 @@ class SCoFTTrainer:
         self._check_precision()
 
     # ----------------------------------------------------------------- set-up
+    def _adapted_modules(self) -> dict[str, torch.nn.Module]:
+        """Private copies of the modules to train, each carrying our LoRA: {"unet": ...}.
+
+        Subclasses may add more (e.g. "text_encoder"); optimizer, checkpoints and resume
+        cover every entry.
+        """
+        unet = copy.deepcopy(self.bundle.unet)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            add_lora(unet, rank=self.config.rank, alpha=self.config.alpha)
+        if self.config.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        return {"unet": unet}
+
     def _check_precision(self) -> None:
         if self.config.mixed_precision != "no" and self.device.type != "cuda":
             raise ValueError(
@@ -205,19 +218,25 @@ class SCoFTTrainer:
             losses.update(self._decoded_losses(batch, z_t, t, cond))
         return losses
 
-    def _decoded_losses(self, batch, z_t, t, cond) -> dict[str, torch.Tensor]:
+    def _decoded_image(self, z_t: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        """The decoded generation x0_hat [1,3,H,W] (about [-1,1]) from z_t [1,4,h,w] at timestep t,
+        cond/uncond [1,77,D]; its graph reaches the LoRA through one UNet call (generation.py)."""
         c, vae = self.config, self.bundle.vae
+        with self._timed("denoise_branch"), self._autocast():
+            z_hat = denoise_to_latent(
+                self.unet, self.bundle.scheduler, z_t.float(), t, cond, uncond,
+                steps=c.denoise_steps, cfg=c.cfg, grad_mode=c.grad_mode, generator=self.generator,
+            )
+        with self._timed("decode"), self._autocast():
+            shift = getattr(vae.config, "shift_factor", None) or 0.0
+            return vae.decode((z_hat / vae.config.scaling_factor + shift).to(vae.dtype)).sample.float()
+
+    def _decoded_losses(self, batch, z_t, t, cond) -> dict[str, torch.Tensor]:
+        c = self.config
         uncond = self._embed([""])
         per_example: dict[str, list[torch.Tensor]] = defaultdict(list)
         for b in range(z_t.shape[0]):
-            with self._timed("denoise_branch"), self._autocast():
-                z_hat = denoise_to_latent(
-                    self.unet, self.bundle.scheduler, z_t[b : b + 1].float(), int(t[b]), cond[b : b + 1], uncond,
-                    steps=c.denoise_steps, cfg=c.cfg, grad_mode=c.grad_mode, generator=self.generator,
-                )
-            with self._timed("decode"), self._autocast():
-                shift = getattr(vae.config, "shift_factor", None) or 0.0
-                image = vae.decode((z_hat / vae.config.scaling_factor + shift).to(vae.dtype)).sample.float()
+            image = self._decoded_image(z_t[b : b + 1], int(t[b]), cond[b : b + 1], uncond)
             with self._timed("features"):
                 positive = batch["pixels"][b : b + 1]
                 negatives = batch["negatives"][b]
@@ -276,7 +295,7 @@ class SCoFTTrainer:
             self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         logs = {"step": self.step, "loss": sums.pop("total"), "lr": self.lr_scheduler.get_last_lr()[0]}
-        logs.update({f"loss/{name}": sums[name] for name in LOSS_NAMES if name in sums})
+        logs.update({f"loss/{name}": value for name, value in sums.items()})
         return logs
 
     # ------------------------------------------------------------------- loop
@@ -316,7 +335,7 @@ class SCoFTTrainer:
         optimizer = self.optimizer.state_dict()
         return ckpt.TrainingState(
             step=self.step,
-            lora=lora_state_dict(self.unet),
+            lora=self._lora_state(),
             optimizer=optimizer,
             lr_scheduler=self.lr_scheduler.state_dict(),
             rng={"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
@@ -350,7 +369,7 @@ class SCoFTTrainer:
         )
         if changed:
             raise ValueError(f"{path}: was trained with different settings ({', '.join(changed)}); resume needs the same")
-        load_lora_state_dict(self.unet, state.lora)
+        self._load_lora_state(state.lora)
         self.optimizer.load_state_dict(state.optimizer)
         self.lr_scheduler.load_state_dict(state.lr_scheduler)
         self.generator.set_state(state.rng["generator"])
@@ -358,6 +377,25 @@ class SCoFTTrainer:
         self.step, self.history = state.step, state.history
         log.info("resumed from %s at step %d", path, self.step)
         return self.step
+
+    def _lora_state(self) -> dict[str, torch.Tensor]:
+        """Every trainable module's adapter in one flat dict: UNet keys as they are (the
+        original checkpoint layout), other modules' keys prefixed by "<name>."."""
+        state = {}
+        for name, module in self.trainable.items():
+            prefix = "" if name == "unet" else f"{name}."
+            state.update({prefix + key: value for key, value in lora_state_dict(module).items()})
+        return state
+
+    def _load_lora_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of `_lora_state`; each module's part must match its adapter exactly."""
+        rest = dict(state)
+        for name, module in self.trainable.items():
+            if name != "unet":
+                prefix = f"{name}."
+                part = {key[len(prefix) :]: rest.pop(key) for key in list(rest) if key.startswith(prefix)}
+                load_lora_state_dict(module, part)
+        load_lora_state_dict(self.unet, rest)
 
     def lora_metadata(self) -> dict[str, str]:
         c = self.config
