@@ -8,6 +8,7 @@ from .data import LoadCCUBDataset
 from .lora import LoadSCoFTLoRA, SaveSCoFTLoRA
 from .models import LoadSCoFTModel
 from .negatives import GenerateSCoFTNegatives
+from .rscorrector import RSCorrectorFit, RSCorrectorSampler
 from .sampling import SCoFTCompareGrid, SCoFTSampler
 from .train import SCoFTTrain
 
@@ -21,6 +22,8 @@ NODES = (
     ("SCoFTLoadLoRA", "Load SCoFT LoRA", LoadSCoFTLoRA),
     ("SCoFTSampler", "SCoFT Sampler", SCoFTSampler),
     ("SCoFTCompareGrid", "SCoFT Compare Grid", SCoFTCompareGrid),
+    ("SCoFTRSCorrectorFit", "RS-Corrector Fit", RSCorrectorFit),
+    ("SCoFTRSCorrectorSampler", "RS-Corrector Sampler", RSCorrectorSampler),
 )
 
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, _, cls in NODES}

@@ -214,7 +214,7 @@ def test_cancel_saves_checkpoint_and_resume_continues(comfy_host, tmp_path):
     run = "nodes_cancel_test"
     settings = dict(run_name=run, preset="FT", steps=5000, checkpoint_every=0)
     full = finetune_prompt(**settings)
-    prompt = {k: full[k] for k in ("1", "2", "3", "4")}
+    prompt = {k: full[k] for k in ("1", "2", "10", "3", "4")}
     prompt["4"]["inputs"]["filename_prefix"] = f"{run}/lora"
     prompt_id = post_prompt(comfy_host, prompt)
 

@@ -21,7 +21,7 @@ import pytest
 from .helpers import REPO_ROOT, launch_browser, open_app, start_comfy_host, stop_comfy_host
 
 WORKFLOWS = REPO_ROOT / "workflows"
-NAMES = ("scoft_finetune_compare", "sample_compare")
+NAMES = ("scoft_finetune_compare", "sample_compare", "rs_corrector_compare")
 
 # Widgets that must agree across nodes are driven by one Primitive node in the UI:
 # {workflow: {primitive title: [(node id, widget name), ...]}}
@@ -33,6 +33,10 @@ SHARED = {
     "sample_compare": {
         "Prompts": [("3", "prompts"), ("4", "prompts"), ("5", "prompts")],
         "Seed": [("3", "seed"), ("4", "seed")],
+    },
+    "rs_corrector_compare": {
+        "Prompts": [("5", "prompts"), ("6", "prompts"), ("7", "prompts")],
+        "Seed": [("5", "seed"), ("6", "seed")],
     },
 }
 COLUMN_WIDTH, ROW_GAP, ORIGIN = 420, 60, (40, 40)

@@ -72,7 +72,22 @@ def test_sample_compare_workflow(comfy_host, finetuned, tmp_path):
 
 
 def test_every_api_workflow_is_covered():
-    assert sorted(p.name for p in API.glob("*.json")) == ["sample_compare.json", "scoft_finetune_compare.json"]
+    assert sorted(p.name for p in API.glob("*.json")) == [
+        "rs_corrector_compare.json", "sample_compare.json", "scoft_finetune_compare.json",
+    ]
     for path in API.glob("*.json"):
         prompt = json.loads(path.read_text(encoding="utf-8"))
         assert all("class_type" in node for node in prompt.values()), path
+
+
+def test_rs_corrector_compare_workflow(comfy_host, tmp_path):
+    prompt = client.load_prompt(API / "rs_corrector_compare.json")
+    paths = client.run_workflow(prompt, comfy_host.url, tmp_path, timeout=300)
+    (grid_path,) = paths
+    assert (comfy_host.root / "output" / "scoft" / grid_path.name).is_file()
+    with Image.open(grid_path) as grid:
+        rgb = grid.convert("RGB")
+        assert grid.width > 2 * 32 and grid.height > 3 * 32
+    half = rgb.width // 2
+    # The RS-Corrector column differs from the baseline column (K > 0 moves the latents).
+    assert rgb.crop((0, 0, half, rgb.height)).tobytes() != rgb.crop((half, 0, 2 * half, rgb.height)).tobytes()
