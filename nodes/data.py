@@ -7,25 +7,26 @@ from pathlib import Path
 
 from ..scoft_train.data import DEFAULT_CULTURE_TERMS, load_ccub
 from ..scoft_train.images import dataset_preview
-from ..scoft_train.sample_data import CCUB_DEMO_DIR, working_copy
+from ..scoft_train.biaslab import BIASLAB_CCUB_DIR
+from ..scoft_train.sample_data import working_copy
 from .common import SCOFT_DATASET, tip
 
 logger = logging.getLogger(__name__)
 
 SAMPLE = "sample"
-SAMPLE_COPY = "scoft_sample_ccub"
+SAMPLE_COPY = "scoft_biaslab_ccub"
 PREVIEW_LIMIT = 16
 
 
 def resolve_folder(folder: str) -> Path:
-    """'' or 'sample' = a working copy of the sample folder shipped with the engine (made once
+    """'' or 'sample' = a working copy of the bias-lab CCUB folder shipped with the engine (made once
     in ComfyUI's input dir, so negatives are never written into the package); relative =
     under ComfyUI's input dir."""
     import folder_paths
 
     text = folder.strip()
     if text in ("", SAMPLE):
-        return working_copy(CCUB_DEMO_DIR, Path(folder_paths.get_input_directory()) / SAMPLE_COPY)
+        return working_copy(BIASLAB_CCUB_DIR, Path(folder_paths.get_input_directory()) / SAMPLE_COPY)
     path = Path(text).expanduser()
     return path if path.is_absolute() else Path(folder_paths.get_input_directory()) / path
 
@@ -52,8 +53,8 @@ class LoadCCUBDataset:
             "required": {
                 "folder": ("STRING", tip(
                     "Dataset folder: an absolute path, or a path relative to ComfyUI's input folder. "
-                    f"Empty or '{SAMPLE}' = the sample folder shipped with the engine (copied once to "
-                    f"input/{SAMPLE_COPY}, where generated negatives go).",
+                    f"Empty or '{SAMPLE}' = the bias-lab CCUB folder shipped with the engine, 100 images of five "
+                    f"invented cultures with depth maps (copied once to input/{SAMPLE_COPY}, where negatives go).",
                     default=SAMPLE,
                 )),
                 "culture_terms": ("STRING", tip(
@@ -64,7 +65,7 @@ class LoadCCUBDataset:
                 )),
                 "resolution": ("INT", tip(
                     "Training image side in pixels (shorter side resized, then center-cropped square); "
-                    "8..2048, usually the model's native size (64 for 'default', 512 for SD 1.5).",
+                    "8..2048, usually the model's native size (32 for 'default', 512 for SD 1.5).",
                     default=64, min=8, max=2048, step=8,
                 )),
             }

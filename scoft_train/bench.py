@@ -19,7 +19,7 @@ import torch
 
 from .config import TrainConfig
 from .data import load_ccub
-from .models import load_default_model
+from .models import load_tiny_model
 from .sample_data import CCUB_DEMO_DIR
 from .trainer import SCoFTTrainer
 
@@ -88,7 +88,7 @@ def _median_step(trainer: SCoFTTrainer, steps: int, warmup: int, branch: bool) -
 
 def bench_train(steps: int = 5, warmup: int = 2, threads: int = 2) -> TrainBench:
     torch.set_num_threads(threads)
-    bundle = load_default_model()
+    bundle = load_tiny_model()
     dataset = load_ccub(CCUB_DEMO_DIR, resolution=bundle.resolution)
     common = dict(steps=10**6, grad_accum=1, rank=8, alpha=8.0, allow_random_backbone=True, lr_schedule="constant")
     plain = SCoFTTrainer(bundle, dataset, TrainConfig(preset="FT", **common))
@@ -118,3 +118,115 @@ def bench_train(steps: int = 5, warmup: int = 2, threads: int = 2) -> TrainBench
     parts["other (encode, optimizer, DDIM math)"] = measured - sum(parts.values())
     result.breakdown = {k: v / steps for k, v in parts.items()}
     return result
+
+
+@dataclass
+class NegativesBench:
+    images: int
+    batch_size: int
+    batched_seconds: float
+    per_image_seconds: float
+
+    def report(self) -> str:
+        batched, single = self.images / self.batched_seconds, self.images / self.per_image_seconds
+        return "\n".join([
+            f"bench negatives (tiny model + tiny ControlNet, 64 px, {self.images} images, one run each)",
+            f"  generate_negatives, batch {self.batch_size:<3}      {batched:.2f} images/s",
+            f"  one diffusers pipeline call per image  {single:.2f} images/s",
+            f"  ratio batched / per-image             {batched / single:.2f}x",
+        ])
+
+
+def bench_negatives(k: int = 2, steps: int = 10, batch_size: int = 8, threads: int = 2) -> NegativesBench:
+    """Images/s of `generate_negatives` (batched, files written) vs one plain pipeline call per
+    image (nothing written), same tiny model, ControlNet, depth maps, seeds and settings."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from PIL import Image
+
+    from .controlnet import build_tiny_controlnet
+    from .negatives import (
+        NegativeSettings, controlnet_pipeline, depth_from_images, generate_negatives, list_images, negative_seed,
+        render,
+    )
+
+    torch.set_num_threads(threads)
+    bundle = load_tiny_model()
+    controlnet = build_tiny_controlnet(bundle.unet)
+    settings = NegativeSettings(k=k, steps=steps, batch_size=batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "ccub"
+        shutil.copytree(CCUB_DEMO_DIR / "images", root)
+        for item in list_images(CCUB_DEMO_DIR):
+            (root / f"{item.stem}.txt").write_text(item.text, encoding="utf-8")
+        items = list_images(root)
+        depths = []
+        for item in items:
+            with Image.open(item.image) as image:
+                depths.append(image.convert("L").convert("RGB"))
+        pipe = controlnet_pipeline(bundle, controlnet, settings.scheduler)
+        size = (bundle.resolution, bundle.resolution)
+        for n in (1, min(batch_size, len(items) * k)):  # warm-up, both batch shapes
+            render(pipe, [items[0].text] * n, [depths[0]] * n, list(range(n)), size, settings)
+        start = time.perf_counter()
+        for item in items:
+            for j in range(k):
+                render(pipe, [item.text], [depths[item.index]], [negative_seed(0, item.relpath, j)], size, settings)
+        per_image = time.perf_counter() - start
+        start = time.perf_counter()
+        result = generate_negatives(bundle, controlnet, root, depth_from_images(depths, len(items)), settings)
+        batched = time.perf_counter() - start
+    return NegativesBench(len(result.generated), batch_size, batched, per_image)
+
+
+@dataclass
+class RSCorrectorBench:
+    images: int
+    steps: int
+    last_k: int
+    m_steps: int
+    plain_seconds: float
+    corrected_seconds: float
+
+    @property
+    def extra_per_image(self) -> float:
+        return (self.corrected_seconds - self.plain_seconds) / self.images
+
+    def report(self) -> str:
+        plain, corrected = self.plain_seconds / self.images, self.corrected_seconds / self.images
+        return "\n".join([
+            f"bench rscorrector (tiny model, 64 px, {self.images} images, DDIM {self.steps} steps, "
+            f"K {self.last_k}, M {self.m_steps}, both losses; median of runs)",
+            f"  plain sampling        {plain:.4f} s/image",
+            f"  RS-Corrector          {corrected:.4f} s/image  ({corrected / plain:.2f}x)",
+            f"  extra                 {self.extra_per_image:.4f} s/image",
+        ])
+
+
+def bench_rscorrector(images: int = 4, steps: int = 20, last_k: int = 4, m_steps: int = 2, repeats: int = 3,
+                      threads: int = 2) -> RSCorrectorBench:
+    """Seconds per image of plain sampling (`sample_tensor`) vs `sample_corrected`, same seeds and
+    settings, one process; the prior is fitted briefly on the sample CCUB folder first (untimed)."""
+    from .rscorrector import fit_prior, sample_corrected
+    from .sampling import sample_tensor
+
+    torch.set_num_threads(threads)
+    bundle = load_tiny_model()
+    prior = fit_prior(bundle, CCUB_DEMO_DIR, CCUB_DEMO_DIR / "negatives", steps=50, draws=4)
+    prompts = [f"a house, view {i}" for i in range(images)]
+    common = dict(steps=steps, cfg=5.0, batch_size=images)
+
+    def timed(run) -> float:
+        run()  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    plain = timed(lambda: sample_tensor(bundle, prompts, 0, **common))
+    corrected = timed(lambda: sample_corrected(bundle, prior, prompts, 0, last_k=last_k, m_steps=m_steps, **common))
+    return RSCorrectorBench(images, steps, last_k, m_steps, plain, corrected)

@@ -19,7 +19,8 @@ DTYPES = ("float32", "float16", "bfloat16")
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", default="default",
-                       help="'default' (embedded tiny model), a diffusers folder, or a single-file .safetensors checkpoint")
+                       help="'default' (the embedded bias-lab world model), 'tiny' (a random test model), a diffusers "
+                            "folder, or a single-file .safetensors checkpoint")
     group.add_argument("--model-config", default=None,
                        help="single-file only: bundled config name (sd15, sd21) or a local diffusers folder; "
                             "default: detected from the checkpoint")
@@ -140,6 +141,37 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_negatives(args) -> int:
+    import torch
+
+    from .controlnet import DEFAULT_CONTROLNET, default_controlnet, load_controlnet
+    from .depth import load_depth_estimator
+    from .negatives import NegativeSettings, depth_from_dataset, depth_from_estimator, generate_negatives
+    from .progress import tqdm_progress
+
+    settings = NegativeSettings(k=args.k, seed=args.seed, steps=args.steps, cfg=args.cfg,
+                                conditioning_scale=args.conditioning_scale, control_end=args.control_end,
+                                batch_size=args.batch_size, scheduler=args.scheduler, resolution=args.resolution)
+    if args.depth == "dataset":
+        depth = depth_from_dataset()
+    elif args.annotator_dir is None:
+        raise ValueError(f"--depth {args.depth} needs --annotator-dir, the folder holding its weight files")
+    else:
+        depth = depth_from_estimator(load_depth_estimator(args.depth, args.annotator_dir, args.device,
+                                                          args.detect_resolution))
+    bundle = _load_bundle(args)
+    controlnet = (
+        default_controlnet(bundle) if str(args.controlnet) == DEFAULT_CONTROLNET else
+        load_controlnet(args.controlnet, dtype=getattr(torch, args.dtype), device=args.device,
+                        config=args.controlnet_config)
+    )
+    with tqdm_progress("negatives") as on_step:
+        result = generate_negatives(bundle, controlnet, args.data, depth, settings, on_step=on_step, preview=args.preview)
+    print(f"negatives written: {len(result.generated)} (already there: {result.already_there})\n"
+          f"metadata.jsonl updated: {result.metadata_written}" + (f"\npreview: {result.preview}" if result.preview else ""))
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import bench_train
 
@@ -147,15 +179,86 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_bench_negatives(args) -> int:
+    from .bench import bench_negatives
+
+    print(bench_negatives(k=args.k, steps=args.steps, batch_size=args.batch_size, threads=args.threads).report())
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
     result = run_demo(args.out, steps=args.steps)
-    print(f"comparison grid: {result.grid}\nloss plot: {result.loss_plot}\nLoRA: {result.lora}")
+    print(result.table.read_text(encoding="utf-8"))
+    print(f"comparison grid: {result.grid}\nloss plot: {result.loss_plot}\nLoRA: {result.lora}\n"
+          f"stereotype table: {result.table}")
     return 0
 
 
+def cmd_biaslab_pretrain(args) -> int:
+    from .biaslab.pretrain import PretrainConfig, pretrain
+    from .progress import tqdm_progress
+
+    _set_threads(args.threads)
+    config = PretrainConfig.smoke(args.seed) if args.smoke else PretrainConfig(seed=args.seed)
+    with tqdm_progress("biaslab pretrain") as on_step:
+        result = pretrain(args.out, config, device=args.device, on_step=on_step)
+    print(f"artefacts: {result.out_dir}\nmodel card: {result.out_dir / 'MODEL_CARD.md'}")
+    return 0
+
+
+def cmd_biaslab_ablate(args) -> int:
+    from .biaslab.ablate import AblateConfig, ablate
+    from .progress import tqdm_progress
+
+    _set_threads(args.threads)
+    config = AblateConfig.quick(args.seed) if args.quick else AblateConfig(seed=args.seed)
+    with tqdm_progress("biaslab ablate") as on_step:
+        result = ablate(args.out, config, weights_dir=args.weights, device=args.device, on_step=on_step)
+    print(f"{result.table}\nresults: {result.out_dir / 'results.md'}")
+    return 0
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _add_biaslab_parser(verbs) -> None:
+    from .biaslab import WEIGHTS_DIR
+
+    biaslab = verbs.add_parser("biaslab", help="the bias lab: a synthetic culture world to measure SCoFT without humans")
+    what = biaslab.add_subparsers(dest="biaslab", required=True, metavar="WHAT")
+    pre = what.add_parser("pretrain", help="train the world model, its depth ControlNet and the judge from a seed",
+                          description="Render the biased web corpus, train VAE, UNet + text encoder, judge and "
+                                      "ControlNet, measure the base model's bias, write the artefacts + model card.")
+    pre.add_argument("--out", type=Path, default=Path("outputs/biaslab/pretrain"),
+                     help="output folder (replaced whole): world/, controlnet/, judge/, model card")
+    pre.add_argument("--seed", type=int, default=0, help="seed of the corpus, the initialisations and the data order")
+    pre.add_argument("--smoke", action="store_true", help="a few steps of every stage (CI): trains nothing useful")
+    pre.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    pre.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice); on a shared, oversubscribed machine 1 is often fastest")
+    pre.set_defaults(func=cmd_biaslab_pretrain)
+    abl = what.add_parser("ablate", help="FT / FT+M / FT+MP / FT+MPC vs the base model, scored by the judge",
+                          description="Negatives with the world ControlNet, one LoRA per preset, samples of held-out "
+                                      "prompts, metrics table + JSON + bar chart + example grids in one folder.")
+    abl.add_argument("--out", type=Path, default=Path("outputs/biaslab/ablate"), help="run folder")
+    abl.add_argument("--weights", type=Path, default=WEIGHTS_DIR,
+                     help="folder with world/, controlnet/ and judge/ (default: the shipped artefacts)")
+    abl.add_argument("--seed", type=int, default=0, help="seed of negatives, LoRA training and sampling")
+    abl.add_argument("--quick", action="store_true", help="a few steps and samples (CI): numbers are not meaningful")
+    abl.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    abl.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice); on a shared, oversubscribed machine 1 is often fastest")
+    abl.set_defaults(func=cmd_biaslab_ablate)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .depth import DEPTH_MODELS
+    from .sampling import SCHEDULERS
+
     parser = argparse.ArgumentParser(prog="python -m scoft_train", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -188,6 +291,42 @@ def build_parser() -> argparse.ArgumentParser:
     compare_p.add_argument("--out", type=Path, required=True, help="grid PNG path")
     compare_p.set_defaults(func=cmd_compare)
 
+    negatives = verbs.add_parser("negatives", help="generate the pretrained model's negatives for a CCUB folder",
+                                 description="Depth map per CCUB image, then K images from the pretrained model + "
+                                             "ControlNet-depth prompted with its caption, written to "
+                                             "negatives/<stem>_neg<k>.png and listed in metadata.jsonl. "
+                                             "Resumable: only missing negatives are generated.")
+    _add_model_args(negatives)
+    negatives.add_argument("--controlnet", required=True,
+                           help="depth ControlNet: a single file (.safetensors, or .pth read with weights_only) "
+                                "such as control_v11f1p_sd15_depth, a diffusers folder, or 'default' (the one "
+                                "of the embedded default model)")
+    negatives.add_argument("--controlnet-config", type=Path, default=None,
+                           help="single-file ControlNet only: a folder with its diffusers config.json "
+                                "(default: the bundled control_v11f1p_sd15_depth config)")
+    negatives.add_argument("--data", type=Path, required=True, help="CCUB folder (metadata.jsonl or images + .txt captions)")
+    negatives.add_argument("--depth", default="midas", choices=["dataset", *sorted(DEPTH_MODELS)],
+                           help="depth source: a controlnet_aux estimator (weights in --annotator-dir) or 'dataset' "
+                                "(metadata 'depth' field, else <stem>_depth.png beside the image)")
+    negatives.add_argument("--annotator-dir", type=Path, default=None,
+                           help="folder holding the estimator's weights, e.g. dpt_hybrid-midas-501f0c75.pt")
+    negatives.add_argument("--detect-resolution", type=int, default=512, help="side the depth estimator runs at")
+    negatives.add_argument("--k", type=int, default=2, help="negatives per image")
+    negatives.add_argument("--seed", type=int, default=0,
+                           help="base seed; negative k of an image uses a hash of (seed, image path, k)")
+    negatives.add_argument("--steps", type=int, default=20, help="denoising steps")
+    negatives.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
+    negatives.add_argument("--conditioning-scale", type=float, default=1.0, help="ControlNet conditioning scale")
+    negatives.add_argument("--control-end", type=float, default=1.0,
+                           help="fraction of the steps (0..1] after which the ControlNet stops acting")
+    negatives.add_argument("--batch-size", type=int, default=4, help="images per pipeline call")
+    negatives.add_argument("--scheduler", default="ddim", choices=sorted(SCHEDULERS), help="diffusers sampler")
+    negatives.add_argument("--resolution", type=int, default=None,
+                           help="short side of the negatives in px (default: the model's training resolution)")
+    negatives.add_argument("--preview", type=Path, default=None,
+                           help="PNG path for a grid original | depth | negatives of the images made in this run")
+    negatives.set_defaults(func=cmd_negatives)
+
     bench = verbs.add_parser("bench", help="benchmarks (side-by-side ratios in one run)")
     bench_verbs = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
     bench_train_p = bench_verbs.add_parser("train", help="plain LoRA step vs FT+MPC step on the tiny model")
@@ -195,11 +334,27 @@ def build_parser() -> argparse.ArgumentParser:
     bench_train_p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps")
     bench_train_p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     bench_train_p.set_defaults(func=cmd_bench)
+    bench_neg_p = bench_verbs.add_parser("negatives", help="batched negatives generation vs one pipeline call per image")
+    bench_neg_p.add_argument("--k", type=int, default=2, help="negatives per sample image (8 images)")
+    bench_neg_p.add_argument("--steps", type=int, default=10, help="denoising steps")
+    bench_neg_p.add_argument("--batch-size", type=int, default=8, help="images per pipeline call, batched variant")
+    bench_neg_p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    bench_neg_p.set_defaults(func=cmd_bench_negatives)
+    from .rscorrector.cli import add_rscorrector_bench, add_rscorrector_parser
+
+    add_rscorrector_bench(bench_verbs)
 
     demo = verbs.add_parser("demo", help="the whole pipeline on the embedded default, no download")
     demo.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder")
-    demo.add_argument("--steps", type=int, default=30, help="training steps")
+    demo.add_argument("--steps", type=int, default=150, help="SCoFT training steps")
     demo.set_defaults(func=cmd_demo)
+
+    _add_biaslab_parser(verbs)
+
+    from .sfsl.cli import add_sfsl_parser
+
+    add_sfsl_parser(verbs)
+    add_rscorrector_parser(verbs, _add_model_args, _add_sampling_args)
     return parser
 
 

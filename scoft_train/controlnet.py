@@ -158,12 +158,16 @@ DEFAULT_CONTROLNET = "default"
 
 
 def default_controlnet(bundle) -> ControlNetModel:
-    """The depth ControlNet that goes with the embedded default model."""
-    from .models import DEFAULT_MODEL
+    """The depth ControlNet that goes with an embedded model: the shipped bias-lab world
+    ControlNet for "default", a seeded tiny one for "tiny"."""
+    from .biaslab import CONTROLNET_DIR
+    from .models import DEFAULT_MODEL, TINY_MODEL
 
+    if bundle.source == TINY_MODEL:
+        return build_tiny_controlnet(bundle.unet, seed=0)
     if bundle.source != DEFAULT_MODEL:
         raise ValueError(
             f"the '{DEFAULT_CONTROLNET}' ControlNet belongs to the embedded default model, not to {bundle.source}; "
             f"pick a depth ControlNet for it ({WHERE_TO_GET})"
         )
-    return build_tiny_controlnet(bundle.unet, seed=0)
+    return load_controlnet(CONTROLNET_DIR, dtype=bundle.dtype, device=bundle.device)

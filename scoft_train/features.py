@@ -10,6 +10,8 @@ Backbones (registry `BACKBONES`):
   .safetensors file (`features.N.weight`...), since they cannot be downloaded here.
 - "hf": any transformers vision model saved in a local folder (DINO ViT, DINOv2,
   CLIP vision); the distance is 1 - cosine similarity of the CLS embeddings.
+- "biaslab-judge": the shipped bias-lab judge's feature maps (the world model's
+  natural feature space; weights default to the shipped judge folder).
 """
 
 from __future__ import annotations
@@ -148,7 +150,7 @@ def _preprocessing(folder: Path, default_size: int) -> tuple[tuple, tuple, int]:
     return tuple(config.get("image_mean", IMAGENET_MEAN)), tuple(config.get("image_std", IMAGENET_STD)), int(size)
 
 
-BACKBONES = ("lpips-vgg", "lpips-alex", "hf")
+BACKBONES = ("lpips-vgg", "lpips-alex", "hf", "biaslab-judge")
 
 
 def build_feature_distance(name: str, weights: str | Path | None = None, allow_random: bool = False) -> FeatureDistance:
@@ -157,6 +159,11 @@ def build_feature_distance(name: str, weights: str | Path | None = None, allow_r
         return LPIPSDistance("vgg", weights, allow_random)
     if name == "lpips-alex":
         return LPIPSDistance("alex", weights, allow_random)
+    if name == "biaslab-judge":
+        from .biaslab import JUDGE_DIR
+        from .biaslab.judge import JudgeDistance, load_judge
+
+        return JudgeDistance(load_judge(weights or JUDGE_DIR))
     if name == "hf":
         if weights is None:
             raise FileNotFoundError("backbone 'hf' needs the local folder of a transformers vision model")

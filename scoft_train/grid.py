@@ -16,6 +16,7 @@ BACKGROUND = (255, 255, 255)
 INK = (0, 0, 0)
 PAD = 6
 MIN_LABEL_WIDTH = 160
+MIN_CELL = 64
 
 
 def load_font(size: int) -> ImageFont.ImageFont:
@@ -58,6 +59,8 @@ def compare_grid(columns: dict[str, list[Image.Image]], row_labels: list[str]) -
     """An RGB grid: column headers on top, each row's (wrapped) label at its left.
 
     `columns`: {header: one image per row}; all cells take the size of the largest image.
+    Small images (e.g. the 32 px world model's) are enlarged by a whole factor (nearest
+    neighbour, no blur) until their short side reaches MIN_CELL.
     Size: (label width + cols x (cell w + PAD) + PAD) x (header + rows x (cell h + PAD) + PAD).
     """
     if not columns:
@@ -66,6 +69,11 @@ def compare_grid(columns: dict[str, list[Image.Image]], row_labels: list[str]) -
         if len(images) != len(row_labels):
             raise ValueError(f"column {header!r} has {len(images)} images but there are {len(row_labels)} row labels")
     cells = [image for images in columns.values() for image in images]
+    zoom = max(1, -(-MIN_CELL // max((min(image.size) for image in cells), default=MIN_CELL)))
+    if zoom > 1:
+        columns = {h: [im.resize((im.width * zoom, im.height * zoom), Image.NEAREST) for im in ims]
+                   for h, ims in columns.items()}
+        cells = [image for images in columns.values() for image in images]
     cell_w = max((image.width for image in cells), default=64)
     cell_h = max((image.height for image in cells), default=64)
     font = load_font(max(12, cell_h // 12))

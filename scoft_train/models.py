@@ -23,6 +23,7 @@ from .tiny import build_tiny_components
 CONFIG_DIR = Path(__file__).parent / "configs"
 TOKENIZER_DIR = CONFIG_DIR / "clip_tokenizer"
 DEFAULT_MODEL = "default"
+TINY_MODEL = "tiny"
 
 
 @dataclass
@@ -91,12 +92,29 @@ def load_clip_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
 
 
 def load_default_model(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> ModelBundle:
-    """The embedded tiny model (see `tiny.py`)."""
+    """The embedded default: the bias-lab world model shipped in scoft_train/weights/biaslab/world
+    (SD-1.x architecture, 32 px, trained on a deliberately biased corpus; see its model card)."""
+    from .biaslab import WORLD_DIR
+
+    if not (WORLD_DIR / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"the embedded default model is missing from {WORLD_DIR}; reinstall the package or rebuild it with "
+            f"`python -m scoft_train biaslab pretrain --out {WORLD_DIR.parent}`"
+        )
+    bundle = _load_diffusers_folder(WORLD_DIR, dtype)
+    bundle.source = DEFAULT_MODEL
+    bundle.extras = {"layout": "default", "config": "biaslab world"}
+    _freeze(bundle, dtype, device)
+    return bundle
+
+
+def load_tiny_model(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> ModelBundle:
+    """A randomly initialised tiny SD-1.x model (see `tiny.py`, 64 px) for tests and benchmarks."""
     bundle = ModelBundle(
         tokenizer=load_clip_tokenizer(),
-        source=DEFAULT_MODEL,
+        source=TINY_MODEL,
         fingerprint=hashlib.sha256(b"scoft-tiny-seed-0").hexdigest()[:16],
-        extras={"layout": "default", "config": "tiny"},
+        extras={"layout": "tiny", "config": "tiny"},
         **build_tiny_components(seed=0),
     )
     _freeze(bundle, dtype, device)
@@ -127,7 +145,8 @@ def load_model(
     config: str | os.PathLike | None = None,
     prediction_type: str | None = None,
 ) -> ModelBundle:
-    """Load an SD 1.x/2.x model offline: "default" (embedded tiny model), a diffusers
+    """Load an SD 1.x/2.x model offline: "default" (the embedded bias-lab world model),
+    "tiny" (a random tiny model for tests), a diffusers
     folder (has model_index.json) or a single-file checkpoint (.safetensors; .ckpt/.pt
     only if they hold nothing but tensors).
 
@@ -140,10 +159,12 @@ def load_model(
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type {prediction_type!r} is not one of {PREDICTION_TYPES}")
     path = Path(source).expanduser()
-    if config is not None and (str(source) == DEFAULT_MODEL or path.is_dir()):
+    if config is not None and (str(source) in (DEFAULT_MODEL, TINY_MODEL) or path.is_dir()):
         raise ValueError(f"config={config!r} applies to single-file checkpoints only, not to {str(source)!r}")
     if str(source) == DEFAULT_MODEL:
         bundle = load_default_model(dtype=dtype, device=device)
+    elif str(source) == TINY_MODEL:
+        bundle = load_tiny_model(dtype=dtype, device=device)
     elif path.is_dir():
         bundle = _load_diffusers_folder(path, dtype)
     elif path.is_file():
@@ -152,7 +173,7 @@ def load_model(
         raise FileNotFoundError(
             f"model not found: {path} does not exist. Pass a single-file SD 1.x/2.x checkpoint "
             f"({', '.join(SINGLE_FILE_SUFFIXES)}), a diffusers folder with model_index.json, "
-            f"or {DEFAULT_MODEL!r} for the embedded tiny model."
+            f"or {DEFAULT_MODEL!r} for the embedded default model."
         )
     if prediction_type is not None:
         bundle.scheduler = DDPMScheduler.from_config(bundle.scheduler.config, prediction_type=prediction_type)

@@ -13,10 +13,10 @@ logging.getLogger("diffusers").setLevel(logging.ERROR)
 
 @pytest.fixture(scope="session")
 def tiny_bundle():
-    """The embedded tiny SD-1.x model (frozen, fp32, CPU). Tests must not mutate it."""
-    from scoft_train.models import load_default_model
+    """A random tiny SD-1.x model, 64 px (frozen, fp32, CPU). Tests must not mutate it."""
+    from scoft_train.models import load_tiny_model
 
-    return load_default_model()
+    return load_tiny_model()
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from scoft_train.lora import (
     lora_state_dict,
     read_lora_metadata,
 )
-from scoft_train.models import load_default_model
+from scoft_train.models import load_tiny_model
 from scoft_train.sampling import sample_tensor
 
 RANK, ALPHA = 4, 8.0
@@ -146,7 +146,7 @@ class _Records(logging.Handler):
 
 
 def test_diffusers_loads_every_key(exported, trained_unet):
-    fresh = load_default_model()
+    fresh = load_tiny_model()
     pipe = fresh.pipeline()
     records = _Records()
     diffusers_logger = logging.getLogger("diffusers")
@@ -169,7 +169,7 @@ def test_diffusers_loads_every_key(exported, trained_unet):
 
 
 def test_file_images_match_in_memory_adapter(tiny_bundle, trained_unet, exported):
-    fresh = load_default_model()
+    fresh = load_tiny_model()
     in_memory = sample_tensor(tiny_bundle, PROMPTS, unet=trained_unet, **SAMPLE_ARGS)
     from_file = sample_tensor(fresh, PROMPTS, lora_path=exported, **SAMPLE_ARGS)
     baseline = sample_tensor(fresh, PROMPTS, **SAMPLE_ARGS)

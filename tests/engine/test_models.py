@@ -236,11 +236,21 @@ def test_unknown_file_layout_says_what_it_found(tmp_path):
         load_model(path)
 
 
-def test_default_source_is_the_embedded_model(tiny_bundle):
-    bundle = load_model("default", prediction_type="v_prediction")
+def test_tiny_source_is_the_test_model(tiny_bundle):
+    bundle = load_model("tiny", prediction_type="v_prediction")
 
     assert_same_weights(bundle, tiny_bundle)
     assert bundle.prediction_type == "v_prediction" and tiny_bundle.prediction_type == "epsilon"
+
+
+def test_default_source_is_the_shipped_world_model():
+    from scoft_train.biaslab import WORLD_DIR
+
+    bundle = load_model("default")
+    folder = load_model(WORLD_DIR)
+    assert_same_weights(bundle, folder)
+    assert bundle.source == "default" and bundle.fingerprint == folder.fingerprint
+    assert bundle.resolution == 32 and all(not p.requires_grad for p in bundle.unet.parameters())
 
 
 def test_sd2_tokenizer_pads_like_open_clip():

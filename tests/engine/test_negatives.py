@@ -135,7 +135,7 @@ def test_cli_killed_mid_run_resumes_to_the_uninterrupted_result(tiny_bundle, con
     settings = NegativeSettings(k=1, steps=3, batch_size=1)
     generate_negatives(tiny_bundle, controlnet, reference, depth_from_dataset(), settings)
     root = fresh_copy(tmp_path / "killed")
-    command = [sys.executable, "-m", "scoft_train", "negatives", "--model", "default", "--controlnet",
+    command = [sys.executable, "-m", "scoft_train", "negatives", "--model", "tiny", "--controlnet",
                str(controlnet_dir), "--data", str(root), "--depth", "dataset", "--k", "1", "--steps", "3",
                "--batch-size", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}

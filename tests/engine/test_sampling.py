@@ -153,3 +153,16 @@ def test_history_json_is_strict(tmp_path):
     loaded = json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"non-standard {name}"))
     assert loaded[:3] == history(3)
     assert loaded[3] == {"step": 3, "loss/total": None}
+
+
+def test_grid_enlarges_small_cells_without_blur():
+    """32 px cells (the world model's) are shown at 64 px, pixel blocks kept sharp."""
+    board = np.zeros((32, 32, 3), dtype=np.uint8)
+    board[..., 0] = 255 * ((np.indices((32, 32)).sum(axis=0) % 2) == 0)
+    board[..., 2] = 255 - board[..., 0]
+    grid = compare_grid({"a": [Image.fromarray(board)]}, ["one row"])
+    pixels = np.asarray(grid).reshape(-1, 3).astype(int)
+    red = (pixels[:, 0] == 255) & (pixels[:, 1] == 0) & (pixels[:, 2] == 0)
+    assert red.sum() == 32 * 32 // 2 * 4  # every red pixel became a 2x2 block
+    mixed = (pixels[:, 1] == 0) & (pixels[:, 0] > 0) & (pixels[:, 2] > 0)
+    assert not mixed.any()  # no red/blue blends: nearest neighbour, not bilinear

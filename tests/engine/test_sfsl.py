@@ -14,7 +14,7 @@ from peft import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from scoft_train.cli import build_parser, main
-from scoft_train.models import load_default_model
+from scoft_train.models import load_tiny_model
 from scoft_train.sampling import sample_tensor
 from scoft_train.sfsl import (SFSLConfig, SFSLTrainer, ensure_class_images, evaluate_sfsl, load_classifier,
                               load_image_folder)
@@ -131,7 +131,7 @@ def test_losses_are_finite_and_gradients_reach_only_the_two_loras(tiny_bundle, t
 
 def test_exported_file_applies_both_loras_in_diffusers(tiny_bundle, trained, exported, caplog):
     prompts, args = [trained.config.instance_prompt, "a photo of a street"], dict(seeds=3, steps=3, cfg=5.0)
-    pipe = load_default_model().pipeline()
+    pipe = load_tiny_model().pipeline()
     with caplog.at_level(logging.WARNING, logger="diffusers"):
         pipe.load_lora_weights(str(exported), adapter_name="loaded")
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
@@ -140,7 +140,7 @@ def test_exported_file_applies_both_loras_in_diffusers(tiny_bundle, trained, exp
         assert mine.keys() == loaded.keys() and all(torch.equal(mine[k], loaded[k]) for k in mine)
     in_memory = sample_tensor(dataclasses.replace(tiny_bundle, text_encoder=trained.text_encoder), prompts,
                               unet=trained.unet, **args)
-    from_file = sample_tensor(load_default_model(), prompts, lora_path=exported, **args)
+    from_file = sample_tensor(load_tiny_model(), prompts, lora_path=exported, **args)
     unet_only = sample_tensor(tiny_bundle, prompts, unet=trained.unet, **args)
     assert torch.allclose(from_file, in_memory, atol=1e-5)
     assert (from_file - unet_only).abs().max() > 0.01  # the text-encoder LoRA is applied too

@@ -16,6 +16,10 @@ from .helpers import REPO_ROOT
 
 API = REPO_ROOT / "workflows" / "api"
 KOHYA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
+# The shipped workflows train 150 steps and denoise 20 (a visible effect); the tests keep
+# the graphs and their settings but take fewer steps, through the client's own --set.
+FAST_NEGATIVES = ["Generate SCoFT Negatives.steps=4"]
+FAST_TRAIN = ["SCoFT Train.steps=4", *FAST_NEGATIVES]
 
 
 def newest_lora(host, folder: str):
@@ -30,7 +34,7 @@ def finetuned(comfy_host, tmp_path_factory):
     out = tmp_path_factory.mktemp("finetune")
     result = subprocess.run(
         [sys.executable, "-m", "scoft_train.client", "run", str(API / "scoft_finetune_compare.json"),
-         "--server", comfy_host.url, "--out", str(out)],
+         "--server", comfy_host.url, "--out", str(out), *(a for o in FAST_TRAIN for a in ("--set", o))],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=180, check=False,
     )
     assert result.returncode == 0, f"{result.stderr}\nserver log:\n{comfy_host.log_tail()}"
@@ -44,8 +48,8 @@ def test_finetune_compare_workflow(comfy_host, finetuned):
     (grid_path,) = [p for p in out.iterdir() if p.name.startswith("compare_")]
     assert (comfy_host.root / "output" / "scoft" / grid_path.name).is_file()
     with Image.open(grid_path) as grid:
-        # 3 prompt rows of 64 px cells plus a header; label column + 2 image columns.
-        assert grid.width > 2 * 64 and grid.height > 3 * 64
+        # 4 prompt rows of 32 px images shown at 64 px plus a header; label column + 2 image columns.
+        assert grid.width > 2 * 64 and grid.height > 4 * 64
         assert len(grid.convert("RGB").getcolors(maxcolors=1 << 20)) > 100  # real images, not blanks
     assert [p for p in out.iterdir() if p.name.startswith("loss_plot_")]
 
@@ -54,8 +58,8 @@ def test_finetune_compare_workflow(comfy_host, finetuned):
         keys = list(handle.keys())
         metadata = handle.metadata()
         assert all(key.startswith("lora_unet_") and key.endswith(KOHYA_SUFFIXES) for key in keys), keys[:5]
-        assert handle.get_tensor(next(k for k in keys if k.endswith(".lora_down.weight"))).shape[0] == 4
-    assert (metadata["scoft_preset"], metadata["ss_network_dim"], metadata["scoft_steps"]) == ("FT+MPC", "4", "4")
+        assert handle.get_tensor(next(k for k in keys if k.endswith(".lora_down.weight"))).shape[0] == 8
+    assert (metadata["scoft_preset"], metadata["ss_network_dim"], metadata["scoft_steps"]) == ("FT+MPC", "8", "4")
     listed = comfy_host.get_json("/object_info/LoraLoader")["LoraLoader"]["input"]["required"]["lora_name"][0]
     assert f"scoft/{lora.name}" in listed
 
@@ -81,7 +85,8 @@ def test_every_api_workflow_is_covered():
 
 
 def test_rs_corrector_compare_workflow(comfy_host, tmp_path):
-    prompt = client.load_prompt(API / "rs_corrector_compare.json")
+    prompt = client.apply_overrides(client.load_prompt(API / "rs_corrector_compare.json"),
+                                    [*FAST_NEGATIVES, "RS-Corrector Fit.steps=50"])
     paths = client.run_workflow(prompt, comfy_host.url, tmp_path, timeout=300)
     (grid_path,) = paths
     assert (comfy_host.root / "output" / "scoft" / grid_path.name).is_file()
