@@ -31,11 +31,11 @@ from ..data import load_ccub
 from ..negatives import NegativeSettings, depth_from_dataset, generate_negatives
 from ..plot import save_history_json
 from ..sampling import sample_tensor
+from ..trainer import SCoFTTrainer
 from . import BIASLAB_CCUB_DIR, WEIGHTS_DIR
 from .artefacts import load_world, load_world_controlnet, load_world_judge
 from .corpus import held_out_prompts, render_arrays
 from .evaluate import judge_generated, to_model_range
-from .judge_trainer import FEATURE_SPACE, JudgeFeatureTrainer
 from .metrics import COPY_THRESHOLD, diversity, kid, memorization_rate, nearest_distance
 from .render import SceneSpec
 from .report import (
@@ -85,11 +85,16 @@ def _slug(name: str) -> str:
     return name.replace("+", "_")
 
 
-def _train_config(preset: str, c: AblateConfig) -> TrainConfig:
+FEATURE_SPACE = "biaslab-judge"  # L_P and L_C in the judge's feature space (no VGG/DINO offline)
+
+
+def _train_config(preset: str, c: AblateConfig, judge_dir: Path) -> TrainConfig:
     return TrainConfig(
         preset=preset, steps=c.steps, batch_size=c.batch_size, grad_accum=1, lr=c.lr, warmup_steps=max(1, c.steps // 20),
         rank=c.rank, alpha=float(c.rank), seed=c.seed, contrastive_every=c.contrastive_every,
         denoise_steps=c.denoise_steps, cfg=c.cfg, checkpoint_every=0,
+        perceptual_backbone=FEATURE_SPACE, perceptual_weights=str(judge_dir),
+        contrastive_backbone=FEATURE_SPACE, contrastive_weights=str(judge_dir),
     )
 
 
@@ -133,7 +138,8 @@ def ablate(out_dir: str | os.PathLike, config: AblateConfig = AblateConfig(), we
     samples = {BASE: generate()}
     for preset in PRESETS:
         lap = time.perf_counter()
-        trainer = JudgeFeatureTrainer(bundle, dataset, _train_config(preset, c), judge, out_dir / "loras" / _slug(preset))
+        trainer = SCoFTTrainer(bundle, dataset, _train_config(preset, c, weights_dir / "judge"),
+                               out_dir / "loras" / _slug(preset))
         history = trainer.train(on_step)
         lora = trainer.export_lora(out_dir / "loras" / f"{_slug(preset)}.safetensors")
         save_history_json(history, out_dir / "loras" / f"{_slug(preset)}_loss_history.json")
@@ -213,7 +219,7 @@ def _write_outputs(out_dir, c, results, table, samples, rows, reference, negativ
     }
     atomic_write_text(out_dir / "results.json", json.dumps(record, indent=2) + "\n")
     notes = [
-        "* marks the minority cultures (about 85% stereotype renderings in the web corpus).",
+        "`*` marks the minority cultures (about 85% stereotype renderings in the web corpus).",
         f"{len(prompts)} samples per model: {len(unique)} held-out prompts x {n} seeds (the same seeds for every model); "
         "half the prompts use a wording the CCUB captions never use.",
         f"LoRA: rank {c.rank}, {c.steps} steps, batch {c.batch_size}, lr {c.lr}, seed {c.seed}; L_P and L_C in the judge's "

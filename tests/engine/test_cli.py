@@ -20,7 +20,8 @@ FAST = ["--grad-accum", "1", "--rank", "4", "--alpha", "8", "--contrastive-every
 
 @pytest.mark.parametrize("verb,expected", [
     ("train", "--contrastive-every"), ("sample", "--scheduler"), ("compare", "--lora"), ("bench", "train"),
-    ("demo", "--steps"),
+    ("demo", "--steps"), ("negatives", "--controlnet"), ("biaslab", "pretrain"), ("rscorrector", "fit"),
+    ("sfsl", "classimages"),
 ])
 def test_every_verb_has_help(verb, expected):
     result = subprocess.run([sys.executable, "-m", "scoft_train", verb, "--help"], capture_output=True, text=True)
