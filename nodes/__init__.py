@@ -1,7 +1,8 @@
 """The SCoFT node suite: one table generates ComfyUI's two mappings.
 
 Modules by pipeline stage: models (load model), data (load CCUB), negatives, train, lora (save/load
-LoRA files), sampling (sampler, comparison grid); common holds the shared types.
+LoRA files), sampling (sampler, comparison grid), rscorrector (RS-Corrector), sfsl (spurious-feature
+fine-tuning); common holds the shared types.
 """
 
 from .data import LoadCCUBDataset
@@ -10,6 +11,7 @@ from .models import LoadSCoFTModel
 from .negatives import GenerateSCoFTNegatives
 from .rscorrector import RSCorrectorFit, RSCorrectorSampler
 from .sampling import SCoFTCompareGrid, SCoFTSampler
+from .sfsl import SFSLTrain
 from .train import SCoFTTrain
 
 # (node id, display name, class)
@@ -24,6 +26,7 @@ NODES = (
     ("SCoFTCompareGrid", "SCoFT Compare Grid", SCoFTCompareGrid),
     ("SCoFTRSCorrectorFit", "RS-Corrector Fit", RSCorrectorFit),
     ("SCoFTRSCorrectorSampler", "RS-Corrector Sampler", RSCorrectorSampler),
+    ("SCoFTSFSLTrain", "SFSL Train", SFSLTrain),
 )
 
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, _, cls in NODES}

@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = verbs.add_parser("demo", help="the whole pipeline on the embedded default, no download")
     demo.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder")
-    demo.add_argument("--steps", type=int, default=150, help="SCoFT training steps")
+    demo.add_argument("--steps", type=int, default=300, help="SCoFT training steps")
     demo.set_defaults(func=cmd_demo)
 
     _add_biaslab_parser(verbs)

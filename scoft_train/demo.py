@@ -79,7 +79,7 @@ def stereotype_table(bundle, lora: Path, seed: int = 0) -> tuple[str, dict]:
     return "\n".join(lines) + "\n", results
 
 
-def run_demo(out_dir: str | Path, steps: int = 150, seed: int = 0) -> DemoResult:
+def run_demo(out_dir: str | Path, steps: int = 300, seed: int = 0) -> DemoResult:
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
     bundle = load_default_model()

@@ -19,6 +19,7 @@ from scoft_train.checkpoint import load_checkpoint
 from scoft_train.config import PRESETS, LossWeights, TrainConfig
 from scoft_train.lora import add_lora, export_kohya
 from scoft_train.sampling import SCHEDULERS
+from scoft_train.sfsl import SFSLConfig
 
 from .helpers import FIXTURES, REPO_ROOT
 
@@ -43,6 +44,10 @@ EXPECTED = {
                      ["lora", "lora_strength"], ["IMAGE"], False),
     "SCoFTCompareGrid": ("SCoFT Compare Grid", "SCoFT/sample",
                          ["left_images", "right_images", "left_label", "right_label", "prompts"], [], ["IMAGE"], False),
+    "SCoFTSFSLTrain": ("SFSL Train", "SCoFT/sfsl",
+                       ["model", "instance_folder", *(f.name for f in dataclasses.fields(SFSLConfig)),
+                        "class_images", "class_image_steps", "run_name", "resume"],
+                       [], ["SCOFT_LORA", "IMAGE", "STRING"], False),
 }
 
 

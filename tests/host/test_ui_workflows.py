@@ -21,7 +21,7 @@ import pytest
 from .helpers import REPO_ROOT, launch_browser, open_app, start_comfy_host, stop_comfy_host
 
 WORKFLOWS = REPO_ROOT / "workflows"
-NAMES = ("scoft_finetune_compare", "sample_compare", "rs_corrector_compare")
+NAMES = ("scoft_finetune_compare", "sample_compare", "rs_corrector_compare", "sfsl_spurious")
 
 # Widgets that must agree across nodes are driven by one Primitive node in the UI:
 # {workflow: {primitive title: [(node id, widget name), ...]}}
@@ -37,6 +37,10 @@ SHARED = {
     "rs_corrector_compare": {
         "Prompts": [("5", "prompts"), ("6", "prompts"), ("7", "prompts")],
         "Seed": [("5", "seed"), ("6", "seed")],
+    },
+    "sfsl_spurious": {
+        "Prompts": [("4", "prompts"), ("5", "prompts"), ("6", "prompts")],
+        "Seed": [("4", "seed"), ("5", "seed")],
     },
 }
 COLUMN_WIDTH, ROW_GAP, ORIGIN = 420, 60, (40, 40)

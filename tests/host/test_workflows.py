@@ -77,7 +77,7 @@ def test_sample_compare_workflow(comfy_host, finetuned, tmp_path):
 
 def test_every_api_workflow_is_covered():
     assert sorted(p.name for p in API.glob("*.json")) == [
-        "rs_corrector_compare.json", "sample_compare.json", "scoft_finetune_compare.json",
+        "rs_corrector_compare.json", "sample_compare.json", "scoft_finetune_compare.json", "sfsl_spurious.json",
     ]
     for path in API.glob("*.json"):
         prompt = json.loads(path.read_text(encoding="utf-8"))
@@ -96,3 +96,27 @@ def test_rs_corrector_compare_workflow(comfy_host, tmp_path):
     half = rgb.width // 2
     # The RS-Corrector column differs from the baseline column (K > 0 moves the latents).
     assert rgb.crop((0, 0, half, rgb.height)).tobytes() != rgb.crop((half, 0, 2 * half, rgb.height)).tobytes()
+
+
+def test_sfsl_spurious_workflow(comfy_host, tmp_path):
+    prompt = client.apply_overrides(client.load_prompt(API / "sfsl_spurious.json"), [
+        "SFSL Train.steps=3", "SFSL Train.class_images=2", "SFSL Train.class_image_steps=2",
+        "SFSL Train.run_name=sfsl_test", "Baseline Sampler.steps=4", "SFSL Sampler.steps=4",
+    ])
+    paths = client.run_workflow(prompt, comfy_host.url, tmp_path, timeout=300)
+    (grid_path,) = [p for p in paths if p.name.startswith("sfsl_compare_")]
+    assert (comfy_host.root / "output" / "scoft" / grid_path.name).is_file()
+    with Image.open(grid_path) as grid:
+        assert grid.width > 2 * 32 and grid.height > 4 * 32
+    assert [p for p in paths if p.name.startswith("sfsl_loss_plot_")]
+    run = comfy_host.root / "output" / "scoft_runs" / "sfsl_test"
+    assert len(list((run / "class_images").glob("class_*.png"))) == 2  # cached in the run folder
+
+    (lora,) = sorted((comfy_host.root / "models" / "loras" / "scoft").glob("sfsl_lora_*.safetensors"))
+    with safe_open(str(lora), framework="pt") as handle:
+        keys = list(handle.keys())
+        metadata = handle.metadata()
+    assert all(key.endswith(KOHYA_SUFFIXES) for key in keys), keys[:5]
+    assert any(key.startswith("lora_unet_") for key in keys) and any(key.startswith("lora_te_") for key in keys)
+    assert (metadata["scoft_method"], metadata["scoft_steps"]) == ("SFSL", "3")
+    assert metadata["scoft_instance_prompt"] == "a photo of sks house"

@@ -1,0 +1,253 @@
+"""SFSL Train: reference spurious images + cached class images -> scoft_train.sfsl.train_sfsl -> SCOFT_LORA.
+
+Every SFSLConfig field is a widget (help text as tooltip, ranges and combos shared with
+SCoFT Train); `classifier_weights` is a combo of the ComfyUI model folder `classifiers`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import tempfile
+import time
+import typing
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..scoft_train import checkpoint as ckpt
+from ..scoft_train.biaslab import BIASLAB_CCUB_DIR
+from ..scoft_train.images import pil_to_batch
+from ..scoft_train.sfsl import SFSLConfig, ensure_class_images, load_image_folder, train_sfsl
+from ..scoft_train.sfsl.classifier import STATE_SUFFIXES
+from .common import SCOFT_LORA, SCOFT_MODEL, LoraFile, progress_callback, tip
+from .train import CHOICES, RANGES, RUNS_FOLDER, run_folder
+
+logger = logging.getLogger(__name__)
+
+SAMPLE = "sample"
+SAMPLE_COPY = "scoft_sfsl_refs"
+# The shipped references: four bias-lab houses of one culture (its look is the "spurious feature").
+SAMPLE_IMAGES = tuple(f"ombresk_house_{i}.png" for i in range(4))
+SAMPLE_CLASS = "house"
+CLASSIFIER_FOLDER = "classifiers"
+NO_CLASSIFIER = "none"
+LORA_NAME = "sfsl_lora.safetensors"
+CLASS_IMAGES = "class_images"
+
+SFSL_CHOICES = {name: CHOICES[name] for name in ("lr_schedule", "grad_mode", "mixed_precision")}
+SFSL_RANGES = {
+    **RANGES,
+    "prior_loss_weight": dict(min=0.0, max=100.0, step=0.01),
+    "spurious_weight": dict(min=0.0, max=100.0, step=0.001),
+    "spurious_every": dict(min=1, max=1_000_000),
+    "classifier_size": dict(min=0, max=4096),
+    "target_class": dict(min=-1, max=1_000_000),
+}
+# Node defaults that differ from SFSLConfig's: the sample references are houses, and no
+# classifier ships, so the spurious loss starts off (it needs classifier weights).
+NODE_DEFAULTS = {"class_name": SAMPLE_CLASS, "spurious_weight": 0.0}
+
+
+def _field_widget(name: str, kind, default, help_text: str) -> tuple:
+    """An SFSLConfig field as a ComfyUI widget spec (same conventions as SCoFT Train)."""
+    if name in SFSL_CHOICES:
+        return (SFSL_CHOICES[name], tip(help_text, default=default))
+    if kind is bool:
+        return ("BOOLEAN", tip(help_text, default=default))
+    if kind is int:
+        limits = SFSL_RANGES[name]
+        return ("INT", tip(f"{help_text} (integer {limits['min']}..{limits['max']})", default=default, **limits))
+    if kind is float:
+        limits = SFSL_RANGES[name]
+        return ("FLOAT", tip(f"{help_text} ({limits['min']:g}..{limits['max']:g})", default=default, **limits))
+    if kind is str:
+        return ("STRING", tip(help_text, default=default))
+    raise TypeError(f"SFSLConfig.{name}: no widget for type {kind!r}; add one in nodes/sfsl.py")
+
+
+def classifier_files() -> list[str]:
+    """Weight files in the `classifiers` model folder (registered here, on first use)."""
+    import folder_paths
+
+    if CLASSIFIER_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path(CLASSIFIER_FOLDER, str(Path(folder_paths.models_dir) / CLASSIFIER_FOLDER))
+    return sorted(name for name in folder_paths.get_filename_list(CLASSIFIER_FOLDER)
+                  if name.lower().endswith(STATE_SUFFIXES))
+
+
+def config_widgets() -> dict[str, tuple]:
+    """Every SFSLConfig field in declaration order; classifier_weights = a combo of models/classifiers."""
+    hints = typing.get_type_hints(SFSLConfig)
+    widgets = {}
+    for spec in dataclasses.fields(SFSLConfig):
+        help_text = spec.metadata["help"]
+        if spec.name == "classifier_weights":
+            widgets[spec.name] = ([NO_CLASSIFIER, *classifier_files()], tip(
+                f"{help_text}: a file in models/{CLASSIFIER_FOLDER} matching 'classifier'. "
+                f"'{NO_CLASSIFIER}' = no classifier, which needs spurious_weight 0.",
+                default=NO_CLASSIFIER,
+            ))
+            continue
+        default = NODE_DEFAULTS.get(spec.name, spec.default)
+        widgets[spec.name] = _field_widget(spec.name, hints[spec.name], default, help_text)
+    widgets["spurious_weight"][1]["tooltip"] += " Needs classifier_weights and target_class."
+    return widgets
+
+
+def build_config(values: dict) -> SFSLConfig:
+    """Widget values -> SFSLConfig; the classifier combo -> a full path (or None)."""
+    settings = dict(values)
+    name = settings.get("classifier_weights") or NO_CLASSIFIER
+    if name == NO_CLASSIFIER:
+        if settings.get("spurious_weight", 0) > 0:
+            raise ValueError(
+                f"spurious_weight {settings['spurious_weight']:g} needs a classifier: put its weights in "
+                f"models/{CLASSIFIER_FOLDER}, pick them in classifier_weights and set target_class, "
+                f"or set spurious_weight 0 (DreamBooth with prior preservation only)"
+            )
+        settings["classifier_weights"] = None
+    else:
+        import folder_paths
+
+        classifier_files()  # registers the folder
+        path = folder_paths.get_full_path(CLASSIFIER_FOLDER, name)
+        if path is None:
+            raise FileNotFoundError(f"classifier_weights {name!r} is not in models/{CLASSIFIER_FOLDER}")
+        settings["classifier_weights"] = path
+    return SFSLConfig.from_dict(settings)
+
+
+def sample_references(destination: Path) -> Path:
+    """A working copy of the shipped reference images at `destination`, made once (staged, then renamed)."""
+    if destination.exists():
+        return destination
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}."))
+    try:
+        (staging / "copy").mkdir()
+        for name in SAMPLE_IMAGES:
+            shutil.copy2(BIASLAB_CCUB_DIR / "images" / name, staging / "copy" / name)
+        (staging / "copy").rename(destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return destination
+
+
+def resolve_folder(folder: str) -> Path:
+    """'' or 'sample' = input/scoft_sfsl_refs (a copy of four shipped bias-lab houses); relative = under
+    ComfyUI's input dir."""
+    import folder_paths
+
+    text = folder.strip()
+    if text in ("", SAMPLE):
+        return sample_references(Path(folder_paths.get_input_directory()) / SAMPLE_COPY)
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else Path(folder_paths.get_input_directory()) / path
+
+
+class SFSLTrain:
+    DESCRIPTION = (
+        "Spurious-feature fine-tuning (SFSL): DreamBooth with prior preservation on a few reference images "
+        "of a spurious look ('a photo of sks <class>'), optionally with a class-wise classifier feature "
+        "similarity loss. Trains a LoRA on the UNet and the text encoder. Class images are generated once by "
+        "the frozen model and cached in the run folder. Shows progress; Cancel stops after the current step "
+        "and saves a checkpoint that 'resume' continues."
+    )
+    CATEGORY = "SCoFT/sfsl"
+    FUNCTION = "train"
+    RETURN_TYPES = (SCOFT_LORA, "IMAGE", "STRING")
+    RETURN_NAMES = ("lora", "loss_plot", "summary")
+    OUTPUT_TOOLTIPS = (
+        f"The trained LoRA (kohya .safetensors with lora_unet_* and lora_te_* keys in output/{RUNS_FOLDER}/"
+        "<run_name>); connect to Save SCoFT LoRA or SCoFT Sampler.",
+        "Loss curves per step (total, instance, prior, spurious).",
+        "Steps, final losses, class images, time and file paths of this run.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (SCOFT_MODEL, tip("Base model from Load SCoFT Model; it is copied, never changed.")),
+                "instance_folder": ("STRING", tip(
+                    "Folder of reference spurious images (png/jpg/webp, all with the instance prompt): an absolute "
+                    f"path, or a path relative to ComfyUI's input folder. Empty or '{SAMPLE}' = four bias-lab "
+                    f"'{SAMPLE_CLASS}' images shipped with the engine (copied once to input/{SAMPLE_COPY}).",
+                    default=SAMPLE,
+                )),
+                **config_widgets(),
+                "class_images": ("INT", tip(
+                    "Number of class (prior-preservation) images of the class prompt, generated by the frozen model "
+                    f"and cached in output/{RUNS_FOLDER}/<run_name>/{CLASS_IMAGES} (only missing ones are made; "
+                    "seed + i, cfg as above). Unused when prior_loss_weight is 0. (integer 1..10000)",
+                    default=50, min=1, max=10_000,
+                )),
+                "class_image_steps": ("INT", tip(
+                    "Denoising steps (DDIM) per class image (integer 1..1000). Changing it, the class prompt, seed "
+                    "or cfg with an existing cache is refused: use another run_name.",
+                    default=30, min=1, max=1000,
+                )),
+                "run_name": ("STRING", tip(
+                    f"Work folder output/{RUNS_FOLDER}/<run_name> for the class images, LoRA, loss history, plot "
+                    "and checkpoints.",
+                    default="sfsl",
+                )),
+                "resume": ("BOOLEAN", tip(
+                    "Continue from the newest checkpoint in this run's work folder (written on Cancel or every "
+                    "checkpoint_every steps); the settings must match. Off, or no checkpoint yet = start at step 0.",
+                    default=False,
+                )),
+            }
+        }
+
+    def train(self, model, instance_folder: str, class_images: int, class_image_steps: int, run_name: str,
+              resume: bool, **settings):
+        config = build_config(settings)
+        folder = run_folder(run_name)
+        references = resolve_folder(instance_folder)
+        resolution = model.resolution
+        instances = load_image_folder(references, config.instance_prompt, resolution=resolution)
+        started = time.monotonic()
+
+        classes, class_note = None, "class images: none (prior_loss_weight 0)"
+        if config.prior_loss_weight > 0:
+            class_folder = folder / CLASS_IMAGES
+            try:
+                ensure_class_images(model, class_folder, config.class_prompt, count=class_images, seed=config.seed,
+                                    steps=class_image_steps, cfg=config.cfg,
+                                    on_step=progress_callback(class_images))
+            except ValueError as error:
+                raise ValueError(f"{error} (run_name {run_name!r}: pick another run_name for new class-image "
+                                 "settings)") from error
+            classes = load_image_folder(class_folder, config.class_prompt, resolution=resolution)
+            class_note = f"class images: {len(classes)} of {config.class_prompt!r} in {class_folder}"
+
+        checkpoints = ckpt.list_checkpoints(folder / "checkpoints") if resume else []
+        if resume and not checkpoints:
+            logger.info("resume: no checkpoint in %s yet; training from step 0", folder / "checkpoints")
+        # ComfyUI runs nodes under inference mode; training needs autograd back.
+        with torch.inference_mode(False), torch.enable_grad():
+            outputs = train_sfsl(
+                model, instances, classes, config, folder, on_step=progress_callback(config.steps),
+                resume=bool(checkpoints), lora_name=LORA_NAME,
+            )
+        lora = LoraFile.from_file(outputs.lora)
+        with Image.open(outputs.loss_plot) as plot:
+            loss_plot = pil_to_batch(plot)
+        last = outputs.history[-1] if outputs.history else {}
+        losses = ", ".join(f"{key.split('/')[-1]} {value:.4g}" for key, value in last.items() if key.startswith("loss/"))
+        summary = (
+            f"SFSL {config.instance_prompt!r}: {last.get('step', 0)}/{config.steps} steps in "
+            f"{time.monotonic() - started:.1f} s"
+            + (f" (resumed from {checkpoints[-1].name})" if checkpoints else "")
+            + f"\nfinal loss {last.get('loss', float('nan')):.4g} ({losses})"
+            + f"\nreferences: {len(instances)} images in {references}\n{class_note}"
+            + f"\nLoRA rank {lora.rank}, alpha {lora.alpha:g}, text encoder "
+            + ("trained" if config.train_text_encoder else "frozen")
+            + f": {lora.path}\nloss plot: {outputs.loss_plot}"
+        )
+        logger.info("%s", summary.replace("\n", "; "))
+        return (lora, loss_plot, summary)
