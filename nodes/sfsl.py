@@ -10,20 +10,15 @@ import dataclasses
 import logging
 import shutil
 import tempfile
-import time
 import typing
 from pathlib import Path
 
-import torch
-from PIL import Image
 
-from ..scoft_train import checkpoint as ckpt
 from ..scoft_train.biaslab import BIASLAB_CCUB_DIR
-from ..scoft_train.images import pil_to_batch
 from ..scoft_train.sfsl import SFSLConfig, ensure_class_images, load_image_folder, train_sfsl
 from ..scoft_train.sfsl.classifier import STATE_SUFFIXES
-from .common import SCOFT_LORA, SCOFT_MODEL, LoraFile, progress_callback, tip
-from .train import CHOICES, RANGES, RUNS_FOLDER, run_folder
+from .common import SCOFT_LORA, SCOFT_MODEL, progress_callback, tip
+from .train import CHOICES, RANGES, RUNS_FOLDER, run_folder, run_training
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +205,6 @@ class SFSLTrain:
         references = resolve_folder(instance_folder)
         resolution = model.resolution
         instances = load_image_folder(references, config.instance_prompt, resolution=resolution)
-        started = time.monotonic()
 
         classes, class_note = None, "class images: none (prior_loss_weight 0)"
         if config.prior_loss_weight > 0:
@@ -225,29 +219,15 @@ class SFSLTrain:
             classes = load_image_folder(class_folder, config.class_prompt, resolution=resolution)
             class_note = f"class images: {len(classes)} of {config.class_prompt!r} in {class_folder}"
 
-        checkpoints = ckpt.list_checkpoints(folder / "checkpoints") if resume else []
-        if resume and not checkpoints:
-            logger.info("resume: no checkpoint in %s yet; training from step 0", folder / "checkpoints")
-        # ComfyUI runs nodes under inference mode; training needs autograd back.
-        with torch.inference_mode(False), torch.enable_grad():
-            outputs = train_sfsl(
-                model, instances, classes, config, folder, on_step=progress_callback(config.steps),
-                resume=bool(checkpoints), lora_name=LORA_NAME,
-            )
-        lora = LoraFile.from_file(outputs.lora)
-        with Image.open(outputs.loss_plot) as plot:
-            loss_plot = pil_to_batch(plot)
-        last = outputs.history[-1] if outputs.history else {}
-        losses = ", ".join(f"{key.split('/')[-1]} {value:.4g}" for key, value in last.items() if key.startswith("loss/"))
+        run = run_training(
+            train_sfsl, folder, config.steps, resume, f"SFSL {config.instance_prompt!r}",
+            bundle=model, instances=instances, classes=classes, config=config, lora_name=LORA_NAME,
+        )
         summary = (
-            f"SFSL {config.instance_prompt!r}: {last.get('step', 0)}/{config.steps} steps in "
-            f"{time.monotonic() - started:.1f} s"
-            + (f" (resumed from {checkpoints[-1].name})" if checkpoints else "")
-            + f"\nfinal loss {last.get('loss', float('nan')):.4g} ({losses})"
-            + f"\nreferences: {len(instances)} images in {references}\n{class_note}"
-            + f"\nLoRA rank {lora.rank}, alpha {lora.alpha:g}, text encoder "
+            f"{run.report}\nreferences: {len(instances)} images in {references}\n{class_note}"
+            f"\nLoRA rank {run.lora.rank}, alpha {run.lora.alpha:g}, text encoder "
             + ("trained" if config.train_text_encoder else "frozen")
-            + f": {lora.path}\nloss plot: {outputs.loss_plot}"
+            + f": {run.lora.path}"
         )
         logger.info("%s", summary.replace("\n", "; "))
-        return (lora, loss_plot, summary)
+        return (run.lora, run.loss_plot, summary)

@@ -116,6 +116,39 @@ def run_folder(run_name: str) -> Path:
     return Path(folder_paths.get_output_directory()) / RUNS_FOLDER / run_name
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingRun:
+    """What a training node hands back: the LoRA, its loss plot as an IMAGE, a summary head."""
+
+    lora: LoraFile
+    loss_plot: object
+    report: str
+
+
+def run_training(train, folder: Path, steps: int, resume: bool, label: str, **kwargs) -> TrainingRun:
+    """Call an engine stage `train(..., folder, on_step=, resume=, **kwargs)` with ComfyUI's
+    progress bar, autograd back on (nodes run under inference mode) and resume from the
+    newest checkpoint in `folder` when asked; summarise steps, time and final losses."""
+    checkpoints = ckpt.list_checkpoints(folder / "checkpoints") if resume else []
+    if resume and not checkpoints:
+        logger.info("resume: no checkpoint in %s yet; training from step 0", folder / "checkpoints")
+    started = time.monotonic()
+    with torch.inference_mode(False), torch.enable_grad():
+        outputs = train(output_dir=folder, on_step=progress_callback(steps), resume=bool(checkpoints), **kwargs)
+    lora = LoraFile.from_file(outputs.lora)
+    with Image.open(outputs.loss_plot) as plot:
+        loss_plot = pil_to_batch(plot)
+    last = outputs.history[-1] if outputs.history else {}
+    losses = ", ".join(f"{key.split('/')[-1]} {value:.4g}" for key, value in last.items() if key.startswith("loss/"))
+    report = (
+        f"{label}: {last.get('step', 0)}/{steps} steps in {time.monotonic() - started:.1f} s"
+        + (f" (resumed from {checkpoints[-1].name})" if checkpoints else "")
+        + f"\nfinal loss {last.get('loss', float('nan')):.4g} ({losses})"
+        + f"\nloss plot: {outputs.loss_plot}"
+    )
+    return TrainingRun(lora, loss_plot, report)
+
+
 class SCoFTTrain:
     DESCRIPTION = (
         "Trains a SCoFT LoRA on the model's UNet attention layers with the chosen ablation preset "
@@ -153,27 +186,10 @@ class SCoFTTrain:
 
     def train(self, model, dataset, run_name: str, resume: bool, **settings):
         config = build_config(settings)
-        folder = run_folder(run_name)
-        checkpoints = ckpt.list_checkpoints(folder / "checkpoints") if resume else []
-        if resume and not checkpoints:
-            logger.info("resume: no checkpoint in %s yet; training from step 0", folder / "checkpoints")
-        started = time.monotonic()
-        # ComfyUI runs nodes under inference mode; training needs autograd back.
-        with torch.inference_mode(False), torch.enable_grad():
-            outputs = train_scoft(
-                model, dataset, config, folder, on_step=progress_callback(config.steps),
-                resume=bool(checkpoints), lora_name=LORA_NAME,
-            )
-        lora = LoraFile.from_file(outputs.lora)
-        with Image.open(outputs.loss_plot) as plot:
-            loss_plot = pil_to_batch(plot)
-        last = outputs.history[-1] if outputs.history else {}
-        losses = ", ".join(f"{key.split('/')[-1]} {value:.4g}" for key, value in last.items() if key.startswith("loss/"))
-        summary = (
-            f"SCoFT {config.preset}: {last.get('step', 0)}/{config.steps} steps in {time.monotonic() - started:.1f} s"
-            + (f" (resumed from {checkpoints[-1].name})" if checkpoints else "")
-            + f"\nfinal loss {last.get('loss', float('nan')):.4g} ({losses})"
-            + f"\nLoRA rank {lora.rank}, alpha {lora.alpha:g}: {lora.path}\nloss plot: {outputs.loss_plot}"
+        run = run_training(
+            train_scoft, run_folder(run_name), config.steps, resume, f"SCoFT {config.preset}",
+            bundle=model, dataset=dataset, config=config, lora_name=LORA_NAME,
         )
+        summary = f"{run.report}\nLoRA rank {run.lora.rank}, alpha {run.lora.alpha:g}: {run.lora.path}"
         logger.info("%s", summary.replace("\n", "; "))
-        return (lora, loss_plot, summary)
+        return (run.lora, run.loss_plot, summary)
