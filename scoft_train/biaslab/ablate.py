@@ -9,6 +9,10 @@
    cultural relevance, description fidelity (judge), memorization, diversity, KID.
 4. Write results.md (table), results.json, metrics_chart.png, comparison.png and
    grids/<variant>.png into the run folder.
+5. RS-Corrector rows (rs_rows.py): one latent prior fitted on the CCUB copy vs its
+   negatives; the same prompts/seeds sampled with the late-step correction on the base
+   model (prior loss, direct loss, both) and on the FT+MPC LoRA. Every row also reports
+   its sampling wall time per image, measured in this run.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -38,6 +43,7 @@ from .corpus import held_out_prompts, render_arrays
 from .evaluate import judge_generated, to_model_range
 from .metrics import COPY_THRESHOLD, diversity, kid, memorization_rate, nearest_distance
 from .render import SceneSpec
+from .rs_rows import RS_ROWS, fit_ablation_prior, rs_samples
 from .report import (
     METRICS, bar_chart, comparison_grid, example_grid, markdown_table, per_culture_table, write_markdown,
 )
@@ -67,11 +73,20 @@ class AblateConfig:
     sample_steps: int = 20
     cfg: float = 5.0
     real_images: int = 400  # held-out authentic renders (KID reference)
+    rs_prior_steps: int = 300  # RS-Corrector prior: head updates
+    rs_draws: int = 16  # noisy versions per training latent
+    rs_batch_size: int = 64
+    rs_max_timestep: int = 400  # only the late steps are corrected
+    rs_last_k: int = 4  # corrected denoising steps (the last K)
+    rs_m_steps: int = 2  # gradient steps per corrected step
+    rs_eta: float = 0.05  # RMS move per gradient step
+    rs_n_refs: int = 4  # reference latents per side (direct loss)
 
     @classmethod
     def quick(cls, seed: int = 0) -> AblateConfig:
         return cls(seed=seed, steps=2, batch_size=2, contrastive_every=1, denoise_steps=2, negatives_k=1,
-                   samples_per_prompt=2, sample_steps=2, real_images=40)
+                   samples_per_prompt=2, sample_steps=2, real_images=40, rs_prior_steps=3, rs_draws=1,
+                   rs_batch_size=8, rs_last_k=1, rs_m_steps=1, rs_n_refs=2)
 
 
 @dataclass(frozen=True)
@@ -82,7 +97,8 @@ class AblateResult:
 
 
 def _slug(name: str) -> str:
-    return name.replace("+", "_")
+    """A file-name form of a variant name: "FT+MPC" -> "FT_MPC", "RS-Corrector (prior)" -> "RS-Corrector_prior"."""
+    return re.sub(r"[^A-Za-z0-9-]+", "_", name).strip("_")
 
 
 FEATURE_SPACE = "biaslab-judge"  # L_P and L_C in the judge's feature space (no VGG/DINO offline)
@@ -135,24 +151,40 @@ def ablate(out_dir: str | os.PathLike, config: AblateConfig = AblateConfig(), we
                                batch_size=64)
         return pixels.permute(0, 3, 1, 2).to(device) * 2 - 1
 
+    seconds: dict[str, float] = {}
+    lap = time.perf_counter()
     samples = {BASE: generate()}
+    seconds[BASE] = time.perf_counter() - lap
+    loras: dict[str, Path] = {}
     for preset in PRESETS:
         lap = time.perf_counter()
         trainer = SCoFTTrainer(bundle, dataset, _train_config(preset, c, weights_dir / "judge"),
                                out_dir / "loras" / _slug(preset))
         history = trainer.train(on_step)
-        lora = trainer.export_lora(out_dir / "loras" / f"{_slug(preset)}.safetensors")
+        lora = loras[preset] = trainer.export_lora(out_dir / "loras" / f"{_slug(preset)}.safetensors")
         save_history_json(history, out_dir / "loras" / f"{_slug(preset)}_loss_history.json")
+        sampling = time.perf_counter()
         samples[preset] = generate(lora)
+        seconds[preset] = time.perf_counter() - sampling
         timings[preset] = time.perf_counter() - lap
+        del trainer
+
+    lap = time.perf_counter()
+    prior = fit_ablation_prior(bundle, ccub, c)
+    timings["rs_prior_fit"] = time.perf_counter() - lap
+    rs_images, rs_seconds = rs_samples(bundle, prior, prompts, c, loras["FT+MPC"], device)
+    samples.update(rs_images)
+    seconds.update(rs_seconds)
+    timings["rs_sampling"] = sum(rs_seconds.values())
 
     ccub_images = torch.stack([dataset[i]["pixel_values"] for i in range(len(dataset))]).to(device)
     training = round_trip(bundle.vae, ccub_images)
     real = _authentic_renders(c.real_images, c.seed).to(device)
     reference = _copy_references(bundle.vae, ccub_images, training, round_trip(bundle.vae, real), c.seed)
-    results = {name: _score(judge, images, rows, training, real, c.seed) for name, images in samples.items()}
+    results = {name: _score(judge, images, rows, training, real, c.seed) | {"seconds_per_image": seconds[name] / len(prompts)}
+               for name, images in samples.items()}
     table = markdown_table(results)
-    _write_outputs(out_dir, c, results, table, samples, rows, reference, negatives_stereotype, timings, start)
+    _write_outputs(out_dir, c, results, table, samples, rows, reference, negatives_stereotype, timings, start, prior)
     return AblateResult(out_dir, results, table)
 
 
@@ -196,7 +228,8 @@ def _prompt_groups(rows) -> list[int]:
     return [index.setdefault(row[0], len(index)) for row in rows]
 
 
-def _write_outputs(out_dir, c, results, table, samples, rows, reference, negatives_stereotype, timings, start) -> None:
+def _write_outputs(out_dir, c, results, table, samples, rows, reference, negatives_stereotype, timings, start,
+                   prior) -> None:
     prompts = [row[0] for row in rows]
     n = c.samples_per_prompt
     unique = prompts[::n]
@@ -215,6 +248,15 @@ def _write_outputs(out_dir, c, results, table, samples, rows, reference, negativ
         "results": results,
         "memorization_reference_distances": reference,
         "negatives_judged_stereotype": negatives_stereotype,
+        "rs_corrector_prior": {
+            "heldout_accuracy": prior.heldout_accuracy,
+            "heldout_accuracy_by_timestep": json.loads(prior.info["heldout_accuracy_by_timestep"]),
+            "fair": prior.info["fair"], "fair_size": int(prior.info["fair_size"]),
+            "stereo": prior.info["stereo"], "stereo_size": int(prior.info["stereo_size"]),
+            "heldout_fair": int(prior.info["heldout_fair"]), "heldout_stereo": int(prior.info["heldout_stereo"]),
+            "rows": {name: {"w_prior": wp, "w_direct": wd, "model": "FT+MPC LoRA" if on_lora else BASE}
+                     for name, (wp, wd, on_lora) in RS_ROWS.items()},
+        },
         "wall_time_s": {k: round(v, 1) for k, v in timings.items()},
     }
     atomic_write_text(out_dir / "results.json", json.dumps(record, indent=2) + "\n")
@@ -233,6 +275,17 @@ def _write_outputs(out_dir, c, results, table, samples, rows, reference, negativ
         "authentic renders are flagged (the metric's floor for a model that draws new authentic images).",
         f"Diversity: mean pairwise RMSE between samples of one prompt. KID: judge embeddings, against "
         f"{c.real_images} held-out authentic renders.",
+        f"RS-Corrector: one latent prior per run, fitted on the CCUB working copy ({prior.info['fair_size']} images, "
+        f"fair) vs its negatives ({prior.info['stereo_size']}, stereotypical); {c.rs_prior_steps} head steps, "
+        f"{c.rs_draws} noisy draws per latent, timesteps 0..{c.rs_max_timestep}; held-out balanced accuracy "
+        f"{prior.heldout_accuracy:.3f} ({prior.info['heldout_fair']} + {prior.info['heldout_stereo']} held-out images, "
+        f"chance 0.5). Correction on the last {c.rs_last_k} of {c.sample_steps} DDIM steps, {c.rs_m_steps} gradient "
+        f"steps of RMS {c.rs_eta}, {c.rs_n_refs} references per side; (prior) = prior loss only, (direct) = direct "
+        "loss only, (both) = both; rows without FT+MPC correct the base model, FT+MPC + RS-Corrector corrects the "
+        "FT+MPC LoRA (same file as its row).",
+        "Seconds per image: wall time of sampling that row's images in this run (batch 64, "
+        f"{torch.get_num_threads()} torch threads) over {len(prompts)}; LoRA training and the prior fit are not included "
+        f"(prior fit: {timings['rs_prior_fit']:.0f} s).",
         f"Wall time: {timings['total']:.0f} s.",
     ]
     per_culture = "\n".join(per_culture_table(results, key, title) for key, title in (

@@ -26,7 +26,9 @@ METRICS = {
     "memorization": ("memorization", "lower"),
     "diversity": ("diversity", "higher"),
     "kid": ("KID (judge features)", "lower"),
+    "seconds_per_image": ("seconds per image", "lower"),  # sampling wall time, measured in the run
 }
+COLORS = PALETTE + ((188, 189, 34), (23, 190, 207))  # up to 10 variants, each its own colour
 CELL_SCALE = 3  # example grids show 32-px images at 96 px
 
 
@@ -37,7 +39,7 @@ def markdown_table(results: dict[str, dict[str, float]]) -> str:
     for variant, values in results.items():
         cells = []
         for key in METRICS:
-            cell = f"{values[key]:.3f}"
+            cell = f"{values[key]:.4f}" if key == "seconds_per_image" else f"{values[key]:.3f}"
             if key == "kid" and "kid_std" in values:
                 cell = f"{values[key]:.4f} ± {values['kid_std']:.4f}"
             cells.append(cell)
@@ -55,19 +57,25 @@ def per_culture_table(results: dict[str, dict], key: str, title: str) -> str:
 
 
 def bar_chart(results: dict[str, dict[str, float]], path: str | Path, panel: tuple[int, int] = (220, 200)) -> Path:
-    """One panel per metric (own axis from 0), one bar per variant, legend on top."""
-    variants, width, height = list(results), *panel
+    """One panel per metric (own axis from 0), one bar per variant, legend on top (wrapped)."""
+    variants, (width, height) = list(results), panel
+    width = max(width, 30 * len(variants) + 24)  # room for each bar's value label
     columns = 4
     rows = math.ceil(len(METRICS) / columns)
     font, small = load_font(13), load_font(11)
-    legend_h = 28
+    spots, x, y = [], 8, 8
+    for variant in variants:
+        step = 24 + int(font.getlength(variant)) + 12
+        if x > 8 and x + step > columns * width:
+            x, y = 8, y + 20
+        spots.append((x, y))
+        x += step
+    legend_h = y + 20
     image = Image.new("RGB", (columns * width, legend_h + rows * height), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    x = 8
-    for i, variant in enumerate(variants):
-        draw.rectangle([x, 8, x + 12, 20], fill=PALETTE[i % len(PALETTE)])
-        draw.text((x + 16, 7), variant, fill=AXIS, font=font)
-        x += 24 + int(font.getlength(variant)) + 12
+    for i, (variant, (x, y)) in enumerate(zip(variants, spots)):
+        draw.rectangle([x, y, x + 12, y + 12], fill=COLORS[i % len(COLORS)])
+        draw.text((x + 16, y - 1), variant, fill=AXIS, font=font)
     for index, (key, (title, better)) in enumerate(METRICS.items()):
         left, top = (index % columns) * width, legend_h + (index // columns) * height
         draw.text((left + 10, top + 4), f"{title} ({better})", fill=AXIS, font=small)
@@ -83,7 +91,7 @@ def bar_chart(results: dict[str, dict[str, float]], path: str | Path, panel: tup
                 continue
             bar_top = y1 - (y1 - y0) * max(value, 0.0) / peak
             bx = x0 + i * slot + slot * 0.15
-            draw.rectangle([bx, bar_top, bx + slot * 0.7, y1], fill=PALETTE[i % len(PALETTE)])
+            draw.rectangle([bx, bar_top, bx + slot * 0.7, y1], fill=COLORS[i % len(COLORS)])
             draw.text((bx, bar_top - 13), f"{value:.2f}" if abs(value) >= 0.01 else f"{value:.3f}", fill=AXIS, font=small)
     atomic_save_image(image, Path(path))
     return Path(path)

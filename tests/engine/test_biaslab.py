@@ -22,7 +22,8 @@ from scoft_train.cli import main
 from scoft_train.data import load_ccub
 from scoft_train.models import load_model
 
-VARIANTS = ("base", "FT", "FT+M", "FT+MP", "FT+MPC")
+VARIANTS = ("base", "FT", "FT+M", "FT+MP", "FT+MPC", "RS-Corrector (prior)", "RS-Corrector (direct)",
+            "RS-Corrector (both)", "FT+MPC + RS-Corrector")
 
 
 def _saturation(image: np.ndarray) -> float:
@@ -117,12 +118,15 @@ def test_ablate_quick_reports_every_metric_for_every_variant(tmp_path):
         values = record["results"][variant]
         assert all(math.isfinite(values[key]) for key in METRICS), (variant, values)
         assert 0 <= values["stereotype_rate"] <= 1 and values["diversity"] > 0
+        assert values["seconds_per_image"] > 0, variant
+    assert 0 <= record["rs_corrector_prior"]["heldout_accuracy"] <= 1
     main_table, *per_culture = (out / "results.md").read_text().split("### ")
     header = next(line for line in main_table.splitlines() if line.startswith("| variant"))
-    assert all(title in header for title, _ in METRICS.values())
+    assert all(title in header for title, _ in METRICS.values()) and "seconds per image" in header
     assert sum(line.startswith(f"| {v} |") for line in main_table.splitlines() for v in VARIANTS) == len(VARIANTS)
     assert len(per_culture) == 2 and all(f"{name}*" in per_culture[0] for name in MINORITY)
-    for name in ("metrics_chart.png", "comparison.png", "negatives_preview.png", "grids/FT_MPC.png", "grids/base.png"):
+    for name in ("metrics_chart.png", "comparison.png", "negatives_preview.png", "grids/FT_MPC.png", "grids/base.png",
+                 "grids/RS-Corrector_prior.png", "grids/FT_MPC_RS-Corrector.png"):
         assert (out / name).is_file(), name
     negatives = load_ccub(out / "ccub", resolution=32)
     assert all(len(record.negatives) == 1 for record in negatives.records)
