@@ -26,21 +26,11 @@ class TrainOutputs:
     history: list[dict]
 
 
-def train_scoft(
-    bundle,
-    dataset,
-    config: TrainConfig,
-    output_dir: str | Path,
-    on_step: OnStep | None = None,
-    resume: str | Path | bool | None = None,
-    lora_name: str = "scoft_lora.safetensors",
-) -> TrainOutputs:
-    """Train a SCoFT LoRA; write the LoRA, the loss history (JSON) and the loss plot (PNG).
-
-    `resume`: a checkpoint path, True for the newest in `output_dir/checkpoints`, or None.
-    """
-    output_dir = Path(output_dir)
-    trainer = SCoFTTrainer(bundle, dataset, config, output_dir)
+def run_trainer(trainer, lora_name: str, on_step: OnStep | None = None,
+                resume: str | Path | bool | None = None) -> TrainOutputs:
+    """Resume (a checkpoint path, or True for the newest in the trainer's output folder),
+    train, then write the LoRA, the loss history (JSON) and the loss plot (PNG) there."""
+    output_dir = trainer.output_dir
     if resume:
         trainer.resume(None if resume is True else resume)
     history = trainer.train(on_step)
@@ -52,6 +42,19 @@ def train_scoft(
     )
     log.info("LoRA: %s; loss plot: %s", outputs.lora, outputs.loss_plot)
     return outputs
+
+
+def train_scoft(
+    bundle,
+    dataset,
+    config: TrainConfig,
+    output_dir: str | Path,
+    on_step: OnStep | None = None,
+    resume: str | Path | bool | None = None,
+    lora_name: str = "scoft_lora.safetensors",
+) -> TrainOutputs:
+    """Train a SCoFT LoRA into `output_dir` (see `run_trainer`)."""
+    return run_trainer(SCoFTTrainer(bundle, dataset, config, Path(output_dir)), lora_name, on_step, resume)
 
 
 def compare(

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-from ..plot import plot_losses, save_history_json
-from ..stages import OnStep, TrainOutputs
+from ..stages import OnStep, TrainOutputs, run_trainer
 from .classifier import Classifier
 from .config import SFSLConfig
 from .trainer import SFSLTrainer
-
-log = logging.getLogger(__name__)
 
 
 def train_sfsl(
@@ -31,16 +27,5 @@ def train_sfsl(
     class images). `resume`: a checkpoint path, True for the newest in
     `output_dir/checkpoints`, or None.
     """
-    output_dir = Path(output_dir)
-    trainer = SFSLTrainer(bundle, instances, classes, config, output_dir, classifier=classifier)
-    if resume:
-        trainer.resume(None if resume is True else resume)
-    history = trainer.train(on_step)
-    outputs = TrainOutputs(
-        lora=trainer.export_lora(output_dir / lora_name),
-        history_json=save_history_json(history, output_dir / "loss_history.json"),
-        loss_plot=plot_losses(history, output_dir / "loss_plot.png"),
-        history=history,
-    )
-    log.info("SFSL LoRA: %s; loss plot: %s", outputs.lora, outputs.loss_plot)
-    return outputs
+    trainer = SFSLTrainer(bundle, instances, classes, config, Path(output_dir), classifier=classifier)
+    return run_trainer(trainer, lora_name, on_step, resume)
