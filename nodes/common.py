@@ -26,6 +26,7 @@ SCOFT_MODEL = "SCOFT_MODEL"
 SCOFT_DATASET = "SCOFT_DATASET"
 SCOFT_LORA = "SCOFT_LORA"
 SEED_MAX = 0xFFFFFFFF
+SAMPLE = "sample"  # folder inputs: a working copy of data shipped with the engine
 
 
 @dataclass(frozen=True)
@@ -97,3 +98,16 @@ def torch_device(name: str):
 def inside(folder: Path, path: Path) -> bool:
     """Whether `path` resolves to a place inside `folder`."""
     return Path(path).resolve().is_relative_to(Path(folder).resolve())
+
+
+def input_folder(text: str, sample) -> Path:
+    """A folder input: '' or 'sample' = `sample(input dir)` (a working copy of shipped data made
+    there on first use); absolute as given; relative = under ComfyUI's input dir."""
+    import folder_paths
+
+    base = Path(folder_paths.get_input_directory())
+    text = text.strip()
+    if text in ("", SAMPLE):
+        return sample(base)
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else base / path

@@ -9,11 +9,10 @@ from ..scoft_train.data import DEFAULT_CULTURE_TERMS, load_ccub
 from ..scoft_train.images import dataset_preview
 from ..scoft_train.biaslab import BIASLAB_CCUB_DIR
 from ..scoft_train.sample_data import working_copy
-from .common import SCOFT_DATASET, tip
+from .common import SCOFT_DATASET, SAMPLE, input_folder, tip
 
 logger = logging.getLogger(__name__)
 
-SAMPLE = "sample"
 SAMPLE_COPY = "scoft_biaslab_ccub"
 PREVIEW_LIMIT = 16
 
@@ -22,13 +21,7 @@ def resolve_folder(folder: str) -> Path:
     """'' or 'sample' = a working copy of the bias-lab CCUB folder shipped with the engine (made once
     in ComfyUI's input dir, so negatives are never written into the package); relative =
     under ComfyUI's input dir."""
-    import folder_paths
-
-    text = folder.strip()
-    if text in ("", SAMPLE):
-        return working_copy(BIASLAB_CCUB_DIR, Path(folder_paths.get_input_directory()) / SAMPLE_COPY)
-    path = Path(text).expanduser()
-    return path if path.is_absolute() else Path(folder_paths.get_input_directory()) / path
+    return input_folder(folder, lambda base: working_copy(BIASLAB_CCUB_DIR, base / SAMPLE_COPY))
 
 
 class LoadCCUBDataset:

@@ -17,12 +17,11 @@ from pathlib import Path
 from ..scoft_train.biaslab import BIASLAB_CCUB_DIR
 from ..scoft_train.sfsl import SFSLConfig, ensure_class_images, load_image_folder, train_sfsl
 from ..scoft_train.sfsl.classifier import STATE_SUFFIXES
-from .common import SCOFT_LORA, SCOFT_MODEL, progress_callback, tip
+from .common import SCOFT_LORA, SCOFT_MODEL, SAMPLE, input_folder, progress_callback, tip
 from .train import CHOICES, RANGES, RUNS_FOLDER, run_folder, run_training
 
 logger = logging.getLogger(__name__)
 
-SAMPLE = "sample"
 SAMPLE_COPY = "scoft_sfsl_refs"
 # The shipped references: four bias-lab houses of one culture (its look is the "spurious feature").
 SAMPLE_IMAGES = tuple(f"ombresk_house_{i}.png" for i in range(4))
@@ -134,13 +133,7 @@ def sample_references(destination: Path) -> Path:
 def resolve_folder(folder: str) -> Path:
     """'' or 'sample' = input/scoft_sfsl_refs (a copy of four shipped bias-lab houses); relative = under
     ComfyUI's input dir."""
-    import folder_paths
-
-    text = folder.strip()
-    if text in ("", SAMPLE):
-        return sample_references(Path(folder_paths.get_input_directory()) / SAMPLE_COPY)
-    path = Path(text).expanduser()
-    return path if path.is_absolute() else Path(folder_paths.get_input_directory()) / path
+    return input_folder(folder, lambda base: sample_references(base / SAMPLE_COPY))
 
 
 class SFSLTrain:

@@ -63,12 +63,12 @@ def _sampling_kwargs(args) -> dict:
     return dict(steps=args.steps, cfg=args.cfg, scheduler=args.scheduler, size=args.size)
 
 
-def _add_train_config_args(parser: argparse.ArgumentParser) -> None:
-    """One option per TrainConfig field (and per loss weight), help from the field metadata."""
-    group = parser.add_argument_group("training settings (override --config)")
-    hints = typing.get_type_hints(TrainConfig)
-    for field in dataclasses.fields(TrainConfig):
-        if field.name == "weights":
+def add_dataclass_args(group, cls, skip: tuple[str, ...] = ()) -> None:
+    """One option per field of the settings dataclass `cls` (None = not given), help from
+    each field's metadata; booleans get --flag / --no-flag."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
             continue
         flag = "--" + field.name.replace("_", "-")
         kind = hints[field.name]
@@ -77,6 +77,12 @@ def _add_train_config_args(parser: argparse.ArgumentParser) -> None:
         else:
             base = float if kind is float else int if kind is int else str
             group.add_argument(flag, type=base, default=None, help=f"{field.metadata['help']} (default {field.default})")
+
+
+def _add_train_config_args(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field (and per loss weight), help from the field metadata."""
+    group = parser.add_argument_group("training settings (override --config)")
+    add_dataclass_args(group, TrainConfig, skip=("weights",))
     for field in dataclasses.fields(LossWeights):
         group.add_argument(f"--w-{field.name}", type=float, default=None,
                            help=f"weight of L_{field.name} (default {field.default})")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import typing
 from pathlib import Path
 
-from ..cli import _add_model_args, _load_bundle
+from ..cli import _add_model_args, _load_bundle, add_dataclass_args
 from ..config import load_config_file
 from .config import CLASS_TEMPLATE, SFSLConfig
 
@@ -15,15 +14,7 @@ from .config import CLASS_TEMPLATE, SFSLConfig
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     """One option per SFSLConfig field, help from the field metadata."""
     group = parser.add_argument_group("SFSL settings (override --config)")
-    hints = typing.get_type_hints(SFSLConfig)
-    for field in dataclasses.fields(SFSLConfig):
-        flag = "--" + field.name.replace("_", "-")
-        kind = hints[field.name]
-        if kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.metadata["help"])
-        else:
-            base = float if kind is float else int if kind is int else str
-            group.add_argument(flag, type=base, default=None, help=f"{field.metadata['help']} (default {field.default})")
+    add_dataclass_args(group, SFSLConfig)
 
 
 def config_from_args(args) -> SFSLConfig:
