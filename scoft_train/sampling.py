@@ -75,6 +75,26 @@ def _sampling_unet(
     return copy.deepcopy(base) if lora_path is not None else base
 
 
+def run_batch(pipe, prompts: list[str], negative_prompt: str, size: tuple[int, int], steps: int, cfg: float,
+              noise, generators, callback) -> torch.Tensor:
+    """One pipeline call from given start latents (one per prompt, CPU-drawn per seed);
+    `callback` is diffusers' callback_on_step_end. Returns float32 [B, H, W, 3] in 0..1 (CPU)."""
+    width, height = size
+    result = pipe(
+        prompt=prompts,
+        negative_prompt=[negative_prompt] * len(prompts),
+        height=height,
+        width=width,
+        num_inference_steps=steps,
+        guidance_scale=cfg,
+        latents=torch.cat(noise).to(device=pipe.unet.device, dtype=pipe.unet.dtype),
+        generator=list(generators),
+        output_type="pt",
+        callback_on_step_end=callback,
+    )
+    return result.images.float().permute(0, 2, 3, 1).cpu()
+
+
 def sample_tensor(
     bundle: ModelBundle,
     prompts: list[str],
@@ -122,19 +142,8 @@ def sample_tensor(
                 on_step(batch_index * steps + step_index + 1, total, logs)
             return callback_kwargs
 
-        result = pipe(
-            prompt=[prompts[i] for i in batch],
-            negative_prompt=[negative_prompt] * len(batch),
-            height=height,
-            width=width,
-            num_inference_steps=steps,
-            guidance_scale=cfg,
-            latents=torch.cat(noise).to(device=sampling_unet.device, dtype=sampling_unet.dtype),
-            generator=list(generators),
-            output_type="pt",
-            callback_on_step_end=report,
-        )
-        outputs.append(result.images.float().permute(0, 2, 3, 1).cpu())
+        outputs.append(run_batch(pipe, [prompts[i] for i in batch], negative_prompt, (width, height), steps, cfg,
+                                 noise, generators, report))
     logger.info(
         "sampled %d images (%s, %d steps, cfg %s, %dx%d, lora %s @ %s)",
         len(prompts),

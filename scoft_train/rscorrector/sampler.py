@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 
 from ..models import ModelBundle
-from ..sampling import OnStep, image_size, initial_noise, make_scheduler, seeds_for
+from ..sampling import OnStep, image_size, initial_noise, make_scheduler, run_batch, seeds_for
 from .encoder import LatentEncoder
 from .prior import FAIR, Prior
 
@@ -205,19 +205,8 @@ def sample_corrected(
                 refs = [_draw_refs(pools, n_refs, seed_list[i], bundle.device) for i in batch]
                 corrector = _Corrector(encoder, prior, settings, alphas, refs)
             step_end = _StepEnd(corrector, form, steps, settings.last_k, batch_index, len(batches), on_step)
-            result = pipe(
-                prompt=[prompts[i] for i in batch],
-                negative_prompt=[negative_prompt] * len(batch),
-                height=height,
-                width=width,
-                num_inference_steps=steps,
-                guidance_scale=cfg,
-                latents=torch.cat(noise).to(device=sampling_unet.device, dtype=sampling_unet.dtype),
-                generator=list(generators),
-                output_type="pt",
-                callback_on_step_end=step_end,
-            )
-            images.append(result.images.float().permute(0, 2, 3, 1).cpu())
+            images.append(run_batch(pipe, [prompts[i] for i in batch], negative_prompt, (width, height), steps, cfg,
+                                    noise, generators, step_end))
             finals.append(step_end.final)
     logger.info("sampled %d images with RS-Corrector (%s, %d steps, cfg %s, %s)", len(prompts), scheduler, steps, cfg,
                 settings if settings.active else "inactive")
