@@ -5,8 +5,6 @@ the correction on the base model (prior loss, direct loss, both) and on the FT+M
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import time
 from pathlib import Path
 
@@ -15,9 +13,9 @@ import torch
 from ..data import NEGATIVES_DIR
 from ..models import ModelBundle
 from ..rscorrector import Prior, fit_prior, sample_corrected
+from ..sampling import lora_pipeline
 from .world import RESOLUTION
 
-RS_ADAPTER = "ablate_ft_mpc"
 # row name -> (w_prior, w_direct, on the FT+MPC LoRA)
 RS_ROWS = {
     "RS-Corrector (prior)": (1.0, 0.0, False),
@@ -35,10 +33,7 @@ def fit_ablation_prior(bundle: ModelBundle, ccub: Path, c) -> Prior:
 
 def lora_unet(bundle: ModelBundle, lora_path: Path):
     """A copy of the bundle's UNet carrying the LoRA file, loaded exactly as `sample_tensor` loads it."""
-    pipe = dataclasses.replace(bundle, unet=copy.deepcopy(bundle.unet)).pipeline()
-    pipe.load_lora_weights(str(lora_path), adapter_name=RS_ADAPTER)
-    pipe.set_adapters([RS_ADAPTER], adapter_weights=[1.0])
-    return pipe.unet
+    return lora_pipeline(bundle, lora_path).unet
 
 
 def rs_samples(bundle: ModelBundle, prior: Prior, prompts: list[str], c, ft_mpc_lora: Path,

@@ -146,6 +146,21 @@ def test_exported_file_applies_both_loras_in_diffusers(tiny_bundle, trained, exp
     assert (from_file - unet_only).abs().max() > 0.01  # the text-encoder LoRA is applied too
 
 
+def test_sampling_with_a_text_encoder_lora_leaves_the_bundle_alone(tiny_bundle, trained, exported):
+    """The LoRA goes into copies of both modules it adapts: the bundle's text encoder keeps
+    its weights and gets no adapter, so a second LoRA run and a baseline run behave."""
+    prompts, args = [trained.config.instance_prompt], dict(seeds=3, steps=2, cfg=5.0)
+    before = {k: v.clone() for k, v in tiny_bundle.text_encoder.state_dict().items()}
+    baseline = sample_tensor(tiny_bundle, prompts, **args)
+    first = sample_tensor(tiny_bundle, prompts, lora_path=exported, **args)
+    again = sample_tensor(tiny_bundle, prompts, lora_path=exported, **args)
+    assert torch.equal(first, again) and (first - baseline).abs().max() > 0.01
+    after = tiny_bundle.text_encoder.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert not any("lora" in name for name, _ in tiny_bundle.text_encoder.named_modules())
+    assert torch.equal(sample_tensor(tiny_bundle, prompts, **args), baseline)
+
+
 def test_kohya_names_map_fully_onto_comfyui_key_map(tiny_bundle, exported):
     """ComfyUI's model_lora_keys_unet names `lora_unet_<diffusers key>` and model_lora_keys_clip
     `lora_te_text_model_encoder_layers_<b>_<LORA_CLIP_MAP suffix>` for SD 1.x."""
