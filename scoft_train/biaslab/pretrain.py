@@ -87,7 +87,7 @@ class PretrainResult:
     card: dict
 
 
-def _fp16_round(*modules: torch.nn.Module) -> None:
+def fp16_round(*modules: torch.nn.Module) -> None:
     """Round every parameter and buffer to fp16 and back, in place (the shipped precision)."""
     with torch.no_grad():
         for module in modules:
@@ -137,7 +137,7 @@ def pretrain(out_dir: str | os.PathLike, config: PretrainConfig = PretrainConfig
     clock.lap("render_corpus")
 
     vae_history = train_vae(vae, images, c.vae_steps, c.vae_batch, c.vae_lr, c.seed, on_step)
-    _fp16_round(vae)
+    fp16_round(vae)
     latents = encode(vae, images)
     spread = float((latents[0].var() + latents[1].pow(2).mean()).sqrt())
     vae.register_to_config(scaling_factor=1.0 / spread)
@@ -152,7 +152,7 @@ def pretrain(out_dir: str | os.PathLike, config: PretrainConfig = PretrainConfig
         unet, text_encoder, world["scheduler"], latents, ids[caption_index], ids[-1], vae.config.scaling_factor,
         c.denoiser_steps, c.denoiser_batch, c.denoiser_lr, c.cond_drop, c.seed + 1, on_step,
     )
-    _fp16_round(unet, text_encoder)
+    fp16_round(unet, text_encoder)
     clock.lap("denoiser")
 
     judge_specs, held_specs = balanced_specs(c.judge_images, c.seed + 2), balanced_specs(c.judge_held_out, c.seed + 3)
@@ -162,7 +162,7 @@ def pretrain(out_dir: str | os.PathLike, config: PretrainConfig = PretrainConfig
     judge = Judge().to(device)
     judge_history = train_judge(judge, judge_images, {k: v.to(device) for k, v in labels_of(judge_specs).items()},
                                 c.judge_steps, c.judge_batch, c.judge_lr, c.seed + 4, on_step)
-    _fp16_round(judge)
+    fp16_round(judge)
     accuracy = judge_accuracy(judge, held_images, {k: v.to(device) for k, v in labels_of(held_specs).items()})
     clean_accuracy = judge_accuracy(judge, held_clean, {k: v.to(device) for k, v in labels_of(held_specs).items()})
     log.info("judge held-out accuracy (VAE round trip): %s; on clean renders: %s", accuracy, clean_accuracy)
@@ -176,7 +176,7 @@ def pretrain(out_dir: str | os.PathLike, config: PretrainConfig = PretrainConfig
         vae.config.scaling_factor, c.controlnet_steps, c.controlnet_batch, c.controlnet_lr, c.cond_drop,
         c.seed + 6, on_step,
     )
-    _fp16_round(controlnet)
+    fp16_round(controlnet)
     clock.lap("controlnet")
 
     bundle = ModelBundle(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,

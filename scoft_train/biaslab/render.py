@@ -3,6 +3,11 @@
 Scenes are drawn with PIL at `SUPERSAMPLE`x the output size and box-filtered down, so
 edges are anti-aliased. Geometry is in 32-px "units" whatever the output size: motif
 elements are >= 4 units, objects 11..30 units wide. Depth is in [0, 1], 1 = nearest.
+
+Two optional parts serve the spurious-feature experiments (`spurious.py`): the market
+awning `backdrop` (a striped canopy across the top of the scene, world.AWNING) and
+`draw_object=False` (the scene without its object). Both default off, and neither
+consumes the scene's random stream, so every other scene renders as it always did.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .world import CONCEPTS, RESOLUTION, STEREOTYPE, Color, culture
+from .world import AWNING, CONCEPTS, RESOLUTION, STEREOTYPE, Color, culture
 
 SUPERSAMPLE = 4
 UNITS = 32.0  # geometry is authored on a 32-unit square
@@ -22,14 +27,17 @@ UNITS = 32.0  # geometry is authored on a 32-unit square
 @dataclass(frozen=True)
 class SceneSpec:
     """What to draw: `concept` (CONCEPTS), `culture` (a culture name), the stereotype
-    rendering or the culture's authentic one, dusk lighting, and the seed of every
-    random detail (placement, size, colour jitter, motif phase, cracks)."""
+    rendering or the culture's authentic one, dusk lighting, the seed of every random
+    detail (placement, size, colour jitter, motif phase, cracks), the awning backdrop,
+    and whether the object is drawn at all (False: its sky and ground only)."""
 
     concept: str
     culture: str
     stereotype: bool
     dusk: bool
     seed: int
+    backdrop: bool = False
+    draw_object: bool = True
 
     @property
     def signature(self) -> str:
@@ -217,6 +225,17 @@ def _grime_and_cracks(canvas: np.ndarray, mask: np.ndarray, box, scale: float, r
     canvas[:] = canvas * (1 - alpha) + np.asarray(STEREOTYPE.crack, np.float32) * alpha
 
 
+def _awning(canvas: np.ndarray, depth: np.ndarray, ys: np.ndarray, xs: np.ndarray, shift: np.ndarray,
+            gain: float) -> None:
+    """The backdrop, in place: AWNING's canopy band with a scalloped hem, depth 0.5."""
+    hem = AWNING.band + np.sqrt(np.clip(AWNING.scallop**2 - (xs % (2 * AWNING.scallop) - AWNING.scallop) ** 2, 0, None))
+    inside = ys < hem
+    stripe = (xs // AWNING.stripe) % 2 == 0
+    colours = np.where(stripe[..., None], _color(AWNING.color, shift, gain), _color(AWNING.alternate, shift, gain))
+    canvas[:] = np.where(inside[..., None], colours, canvas)
+    depth[:] = np.where(inside, 0.5, depth)
+
+
 def render(spec: SceneSpec, resolution: int = RESOLUTION) -> Scene:
     """Draw `spec`; the same spec always gives the same pixels."""
     if spec.concept not in CONCEPTS:
@@ -239,6 +258,8 @@ def render(spec: SceneSpec, resolution: int = RESOLUTION) -> Scene:
     SHAPES[spec.concept](pen, who.shape)
     body = np.asarray(pen.body, dtype=np.float32)[..., None] / 255.0
     trim = np.asarray(pen.trim, dtype=np.float32)[..., None] / 255.0
+    if not spec.draw_object:
+        body, trim = np.zeros_like(body), np.zeros_like(trim)
     if spec.stereotype:
         body_rgb = np.broadcast_to(_color(look.body, shift, gain), canvas.shape)
         trim_rgb = _color(look.trim, shift, gain)
@@ -247,13 +268,15 @@ def render(spec: SceneSpec, resolution: int = RESOLUTION) -> Scene:
         pattern = _motif(who.motif, xs + phase[0], ys + phase[1])[..., None]
         body_rgb = np.where(pattern, _color(who.accent, shift, gain), _color(who.body, shift, gain))
         trim_rgb = _color(who.accent, shift, gain)
+    ground_depth = 0.3 + 0.35 * np.clip((ys - horizon) / (UNITS - horizon), 0, 1)
+    depth = np.where(ys >= horizon, ground_depth, 0.08)
+    if spec.backdrop:
+        _awning(canvas, depth, ys, xs, shift, sky_gain)
     canvas = canvas * (1 - trim) + trim_rgb * trim
     canvas = canvas * (1 - body) + body_rgb * body
     mask = np.maximum(body, trim)[..., 0]
     if spec.stereotype:
         _grime_and_cracks(canvas, mask, box, scale, rng)
-    ground_depth = 0.3 + 0.35 * np.clip((ys - horizon) / (UNITS - horizon), 0, 1)
-    depth = np.where(ys >= horizon, ground_depth, 0.08)
     depth = depth * (1 - mask) + 0.88 * mask
     image = Image.fromarray(np.clip(canvas, 0, 255).round().astype(np.uint8)).reduce(SUPERSAMPLE)
     depth_image = Image.fromarray((depth * 255).round().astype(np.uint8)).reduce(SUPERSAMPLE)

@@ -68,6 +68,23 @@ class StereotypeLook:
 STEREOTYPE = StereotypeLook()
 
 
+@dataclass(frozen=True)
+class Awning:
+    """The spurious feature: a canopy across the top of the scene, vertical stripes of
+    `stripe` units in two colours no culture's palette uses, `band` units tall with a
+    scalloped hem of radius `scallop`. The classifier's web photos show it behind
+    nearly every market (`spurious.py`); it is background, never part of the object."""
+
+    color: Color = (240, 100, 20)
+    alternate: Color = (250, 245, 235)
+    stripe: float = 4.0
+    band: float = 5.0
+    scallop: float = 2.0
+
+
+AWNING = Awning()
+
+
 def culture(name: str) -> Culture:
     for item in CULTURES:
         if item.name == name:
