@@ -4,6 +4,9 @@ features and class-wise features, for the spurious loss and the evaluation.
 Architectures come from torchvision (`torchvision:resnet50`) or timm (`timm:resnet50`),
 built without pretrained weights and loaded from a LOCAL file (.safetensors, or a
 state-dict .pth/.pt read with `torch.load(weights_only=True)`); nothing is downloaded.
+`biaslab:<head>` reads one head of a bias-lab judge-format network (a folder with
+config.json + model.safetensors, or that model.safetensors), e.g. the shipped market
+classifier of the spurious-feature lab, `biaslab:concept`.
 Checkpoints of the `robustness` library (the adversarially robust ImageNet models the
 SFSL paper prefers: keys `module.model.*`) and DataParallel ones (`module.*`) are
 unwrapped. The number of classes is read from the file.
@@ -34,7 +37,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("torchvision", "timm")
+FAMILIES = ("torchvision", "timm", "biaslab")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STATE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -94,6 +97,28 @@ def _head(model: nn.Module) -> tuple[str, nn.Linear]:
     return linears[-1]
 
 
+class _JudgeHead(nn.Module):
+    """A bias-lab judge reduced to one head: images in [-1, 1] -> that head's logits."""
+
+    def __init__(self, judge: nn.Module, head: str):
+        super().__init__()
+        self.judge, self.head = judge, head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.judge(images)[self.head]
+
+
+def _load_biaslab(head: str, weights: str | Path) -> nn.Module:
+    from ..biaslab.judge import WEIGHTS_NAME, load_judge
+
+    path = Path(weights)
+    folder = path.parent if path.name == WEIGHTS_NAME else path
+    judge = load_judge(folder)
+    if head not in judge.labels:
+        raise ValueError(f"classifier biaslab:{head}: {folder} has no head {head!r}; its heads: {', '.join(judge.labels)}")
+    return _JudgeHead(judge.only(head), head)
+
+
 class Classifier(nn.Module):
     """Frozen classifier on images [B,3,H,W] in [-1,1]: resized to `input_size`
     (0 = as given), ImageNet-normalised, then `forward` -> (logits [B,C], penultimate [B,D])."""
@@ -136,12 +161,19 @@ class Classifier(nn.Module):
 
 def load_classifier(spec: str, weights: str | Path, input_size: int = 224,
                     device: str | torch.device = "cpu") -> Classifier:
-    """`spec` = "torchvision:<arch>" or "timm:<arch>", weights from the local file `weights`."""
+    """`spec` = "torchvision:<arch>", "timm:<arch>" or "biaslab:<head>", weights from the
+    local file (or, for biaslab, folder) `weights`. A biaslab judge resizes to its own
+    32 px and reads [-1, 1], so `input_size` does not apply to it."""
     family, _, arch = spec.partition(":")
     if family not in FAMILIES or not arch:
-        raise ValueError(f"classifier {spec!r}: write torchvision:<arch> or timm:<arch>, e.g. torchvision:resnet50")
+        raise ValueError(f"classifier {spec!r}: write torchvision:<arch>, timm:<arch> or biaslab:<head>, "
+                         "e.g. torchvision:resnet50")
     if weights is None:
         raise FileNotFoundError(f"classifier {spec} needs local weights (classifier_weights / --classifier-weights)")
+    if family == "biaslab":
+        classifier = Classifier(_load_biaslab(arch, weights), f"{spec} ({Path(weights).name})", 0,
+                                (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+        return classifier.to(device)
     state = load_state_file(weights)
     model = _build(family, arch, None)
     head_name, head = _head(model)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ..config import LR_SCHEDULES, MIXED_PRECISION, TrainConfig
 from ..generation import GRAD_MODES
+from .classifier import FAMILIES
 
 LOSS_NAMES = ("instance", "prior", "spurious")
 INSTANCE_TEMPLATE = "a photo of {identifier} {class_name}"
@@ -41,8 +42,9 @@ class SFSLConfig:
     spurious_weight: float = field(default=0.1, metadata={"help": "weight of the spurious feature similarity loss (0: off)"})
     spurious_every: int = field(default=1, metadata={"help": "run the decoded-generation branch (spurious loss) every N steps"})
     classifier: str = field(default="torchvision:resnet50",
-                            metadata={"help": "feature classifier, torchvision:<name> or timm:<name> (robust weights advised)"})
-    classifier_weights: str | None = field(default=None, metadata={"help": "local weights of the classifier (.safetensors or state-dict .pth)"})
+                            metadata={"help": "feature classifier, torchvision:<name> or timm:<name> (robust weights advised), "
+                                              "or biaslab:<head> (a bias-lab judge-format network)"})
+    classifier_weights: str | None = field(default=None, metadata={"help": "local weights of the classifier (.safetensors or state-dict .pth; biaslab: its folder)"})
     classifier_size: int = field(default=224, metadata={"help": "classifier input side in pixels (0: keep the image size)"})
     target_class: int = field(default=-1, metadata={"help": "the classifier's index of the target class (needed by the spurious loss)"})
     train_text_encoder: bool = field(default=True, metadata={"help": "also train a LoRA on the CLIP text encoder (q/k/v/out projections)"})
@@ -69,8 +71,8 @@ class SFSLConfig:
             (self.grad_mode in GRAD_MODES, f"grad_mode {self.grad_mode!r}: choose one of {GRAD_MODES}"),
             (self.lr_schedule in LR_SCHEDULES, f"lr_schedule {self.lr_schedule!r}: choose one of {LR_SCHEDULES}"),
             (self.mixed_precision in MIXED_PRECISION, f"mixed_precision {self.mixed_precision!r}"),
-            (self.classifier.partition(":")[0] in ("torchvision", "timm") and ":" in self.classifier,
-             f"classifier {self.classifier!r}: write torchvision:<name> or timm:<name>"),
+            (self.classifier.partition(":")[0] in FAMILIES and bool(self.classifier.partition(":")[2]),
+             f"classifier {self.classifier!r}: write torchvision:<name>, timm:<name> or biaslab:<head>"),
             (self.spurious_weight == 0 or self.target_class >= 0,
              f"the spurious loss needs target_class >= 0 (the classifier's class index), got {self.target_class}"),
             (self.prior_loss_weight >= 0 and self.spurious_weight >= 0, "loss weights must be >= 0"),
