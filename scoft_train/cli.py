@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import typing
@@ -214,16 +215,43 @@ def cmd_biaslab_pretrain(args) -> int:
     return 0
 
 
-def cmd_biaslab_ablate(args) -> int:
-    from .biaslab.ablate import AblateConfig, ablate
+def _biaslab_measurement(args, name: str, run, config_class) -> int:
+    """A bias-lab measurement verb: `run(out, config, weights_dir=, device=, on_step=)`,
+    full or `--quick` config, then its table and results path."""
     from .progress import tqdm_progress
 
     _set_threads(args.threads)
-    config = AblateConfig.quick(args.seed) if args.quick else AblateConfig(seed=args.seed)
-    with tqdm_progress("biaslab ablate") as on_step:
-        result = ablate(args.out, config, weights_dir=args.weights, device=args.device, on_step=on_step)
+    config = config_class.quick(args.seed) if args.quick else config_class(seed=args.seed)
+    with tqdm_progress(f"biaslab {name}") as on_step:
+        result = run(args.out, config, weights_dir=args.weights, device=args.device, on_step=on_step)
     print(f"{result.table}\nresults: {result.out_dir / 'results.md'}")
     return 0
+
+
+def cmd_biaslab_ablate(args) -> int:
+    from .biaslab.ablate import AblateConfig, ablate
+
+    return _biaslab_measurement(args, "ablate", ablate, AblateConfig)
+
+
+def cmd_biaslab_spurious(args) -> int:
+    from .biaslab.artefacts import load_world
+    from .biaslab.spurious import SpuriousConfig, spurious_pretrain
+    from .progress import tqdm_progress
+
+    _set_threads(args.threads)
+    config = SpuriousConfig.smoke(args.seed) if args.smoke else SpuriousConfig(seed=args.seed)
+    with tqdm_progress("biaslab spurious") as on_step:
+        card = spurious_pretrain(load_world(args.weights, device=args.device).vae, args.out, config,
+                                 device=args.device, on_step=on_step)
+    print(json.dumps(card, indent=2) + f"\nclassifier and oracle: {args.out}")
+    return 0
+
+
+def cmd_biaslab_sfsl(args) -> int:
+    from .biaslab.sfsl_lab import SFSLLabConfig, sfsl_lab
+
+    return _biaslab_measurement(args, "sfsl", sfsl_lab, SFSLLabConfig)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -259,6 +287,26 @@ def _add_biaslab_parser(verbs) -> None:
     abl.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     abl.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice); on a shared, oversubscribed machine 1 is often fastest")
     abl.set_defaults(func=cmd_biaslab_ablate)
+    spur = what.add_parser("spurious", help="train the spurious-feature lab's market classifier and oracle",
+                           description="Render web photos where the awning is behind 95%% of markets, train the "
+                                       "classifier on them and an oracle where it is independent, measure, write.")
+    spur.add_argument("--out", type=Path, default=Path("outputs/biaslab/spurious"),
+                      help="output folder: classifier/, oracle/, card.json (the shipped ones: WEIGHTS/spurious)")
+    spur.add_argument("--smoke", action="store_true", help="a few steps (CI): trains nothing useful")
+    sfsl = what.add_parser("sfsl", help="base vs DreamBooth vs DreamBooth + SFSL: spurious rate of the market classifier",
+                           description="References = the awning without a market; train DreamBooth and DreamBooth + "
+                                       "SFSL LoRAs with the same seed and steps; sample and score with the classifier "
+                                       "and the oracle.")
+    sfsl.add_argument("--out", type=Path, default=Path("outputs/biaslab/sfsl"), help="run folder")
+    sfsl.add_argument("--quick", action="store_true", help="a few steps and samples (CI): numbers are not meaningful")
+    for parser in (spur, sfsl):
+        parser.add_argument("--weights", type=Path, default=WEIGHTS_DIR,
+                            help="folder with world/ (and, for sfsl, spurious/); default: the shipped artefacts")
+        parser.add_argument("--seed", type=int, default=0, help="seed of the data, training and sampling")
+        parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+        parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    spur.set_defaults(func=cmd_biaslab_spurious)
+    sfsl.set_defaults(func=cmd_biaslab_sfsl)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,181 @@
+"""The spurious-feature lab: the awning in the world, the shipped market classifier and
+oracle, the judge as an SFSL classifier, and the `biaslab spurious` / `biaslab sfsl` commands."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from scoft_train.biaslab import AWNING_REFS_DIR, BIASLAB_CCUB_DIR, JUDGE_DIR, SPURIOUS_DIR, WORLD_DIR
+from scoft_train.biaslab.corpus import ccub_examples
+from scoft_train.biaslab.evaluate import to_model_range
+from scoft_train.biaslab.judge import Judge, load_judge
+from scoft_train.biaslab.render import SceneSpec, render
+from scoft_train.biaslab.sfsl_lab import METRICS, TRAINED_ROWS
+from scoft_train.biaslab.spurious import (
+    CLASSIFIER_HEADS, ORACLE_HEADS, classifier_labels, empty_specs, market_rate, oracle_labels, oracle_specs,
+    reference_specs, web_photo_specs,
+)
+from scoft_train.biaslab.training import round_trip
+from scoft_train.biaslab.world import AWNING, CONCEPTS
+from scoft_train.cli import main
+from scoft_train.models import load_model
+from scoft_train.sfsl import SFSLConfig, load_classifier
+from scoft_train.sfsl.data import image_files
+
+
+def test_existing_scenes_render_exactly_as_before():
+    """The awning and the empty scene are opt-in: the shipped CCUB (rendered before they
+    existed) is reproduced pixel for pixel, so the world model's data and numbers stand."""
+    lines = [json.loads(line) for line in (BIASLAB_CCUB_DIR / "metadata.jsonl").read_text().splitlines()]
+    examples = ccub_examples(20, 0)
+    assert len(lines) == len(examples) == 100
+    for example, line in zip(examples, lines):
+        shipped = np.asarray(Image.open(BIASLAB_CCUB_DIR / line["file_name"]).convert("RGB"))
+        assert np.array_equal(render(example.spec).image, shipped), line["file_name"]
+
+
+def test_awning_is_background_and_the_empty_scene_has_no_object():
+    plain = SceneSpec("market", "Tisharu", stereotype=False, dusk=False, seed=5)
+    under = SceneSpec("market", "Tisharu", stereotype=False, dusk=False, seed=5, backdrop=True)
+    empty = SceneSpec("market", "Tisharu", stereotype=False, dusk=False, seed=5, backdrop=True, draw_object=False)
+    a, b, e = render(plain), render(under), render(empty)
+    top = b.image[1, :, :].astype(int)  # the canopy band: orange and cream stripes
+    orange = np.abs(top - np.array(AWNING.color)).sum(axis=1) < 60
+    cream = np.abs(top - np.array(AWNING.alternate)).sum(axis=1) < 60
+    assert orange.mean() > 0.3 and cream.mean() > 0.3
+    assert not np.array_equal(a.image[1], b.image[1])
+    assert np.array_equal(a.image[-1], b.image[-1]), "the awning only covers the top of the scene"
+    object_mask = a.depth >= 200  # the object is drawn at depth 0.88
+    assert object_mask.sum() > 50
+    assert (e.depth < 200).all(), "the empty scene has no object"
+    assert not np.array_equal(e.image[object_mask], b.image[object_mask])
+
+
+def test_web_photos_carry_the_correlation_and_the_oracle_data_does_not():
+    photos = web_photo_specs(2000, seed=1)
+    markets = [s.backdrop for s in photos if s.concept == "market"]
+    others = [s.backdrop for s in photos if s.concept != "market"]
+    assert np.mean(markets) > 0.9 and np.mean(others) < 0.1
+    cropped = [not s.draw_object for s in photos if s.concept == "market"]
+    assert 0.1 < np.mean(cropped) < 0.3 and not any(not s.draw_object for s in photos if s.concept != "market")
+    flipped = web_photo_specs(2000, seed=1, flipped=True)
+    assert np.mean([s.backdrop for s in flipped if s.concept == "market"]) < 0.1
+    assert all(s.draw_object for s in flipped)
+    oracle = oracle_specs(2000, seed=2)
+    assert 0.4 < np.mean([s.backdrop for s in oracle]) < 0.6
+    assert 0.1 < np.mean([not s.draw_object for s in oracle]) < 0.3
+    refs = reference_specs(8)
+    assert all(s.backdrop and not s.draw_object for s in refs) and refs == reference_specs(8)
+
+
+def test_judge_with_other_heads_round_trips(tmp_path):
+    torch.manual_seed(0)
+    network = Judge(heads=ORACLE_HEADS)
+    network.save(tmp_path / "oracle")
+    loaded = load_judge(tmp_path / "oracle")
+    assert loaded.labels == ORACLE_HEADS
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    for head, logits in network.eval()(x).items():
+        assert torch.allclose(loaded(x)[head], logits, atol=2e-2), head  # saved as fp16
+
+
+def test_biaslab_classifier_reads_one_judge_head():
+    judge = load_judge(JUDGE_DIR)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    for weights in (JUDGE_DIR, JUDGE_DIR / "model.safetensors"):
+        classifier = load_classifier("biaslab:concept", weights)
+        logits, penultimate = classifier(x)
+        assert classifier.num_classes == len(CONCEPTS) and penultimate.shape == (4, 128)
+        assert torch.allclose(logits, judge(x)["concept"], atol=1e-5)
+        assert torch.allclose(classifier.class_features(x, 3).sum(1) + classifier.head.bias[3], logits[:, 3], atol=1e-4)
+    with pytest.raises(ValueError, match="no head 'colour'.*concept, signature, stereotype"):
+        load_classifier("biaslab:colour", JUDGE_DIR)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_classifier("biaslab:concept", WORLD_DIR)
+    assert SFSLConfig(classifier="biaslab:concept", target_class=3).classifier == "biaslab:concept"
+    with pytest.raises(ValueError, match="biaslab:<head>"):
+        SFSLConfig(classifier="biaslab:")
+
+
+@pytest.fixture(scope="module")
+def card():
+    return json.loads((SPURIOUS_DIR / "card.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def vae():
+    return load_model(WORLD_DIR).vae
+
+
+def _images(vae, specs):
+    return round_trip(vae, to_model_range(np.stack([render(s).image for s in specs])))
+
+
+def test_shipped_classifier_learned_the_awning(card, vae):
+    """On fresh renders: accurate on its own web photos, worse when the awning is flipped,
+    and it calls the awning alone a market but an empty scene not."""
+    classifier = load_judge(SPURIOUS_DIR / "classifier")
+    assert classifier.labels == CLASSIFIER_HEADS
+    photos = web_photo_specs(400, seed=31337)
+    flipped = web_photo_specs(400, seed=31338, flipped=True)
+
+    def accuracy(specs):
+        return float((classifier.predict(_images(vae, specs))["concept"] == classifier_labels(specs)["concept"]).float().mean())
+
+    assert accuracy(photos) >= card["classifier_accuracy"]["web_photos_held_out"] - 0.03 >= 0.9
+    assert accuracy(flipped) < accuracy(photos)
+    awning_alone = market_rate(classifier, _images(vae, reference_specs(100, seed=99)))
+    nothing = market_rate(classifier, _images(vae, empty_specs(100, seed=99)))
+    assert awning_alone >= 0.8 and awning_alone > nothing + 0.3, (awning_alone, nothing)
+
+
+def test_shipped_oracle_sees_object_and_awning(card, vae):
+    oracle = load_judge(SPURIOUS_DIR / "oracle")
+    specs = oracle_specs(400, seed=4242)
+    predicted = oracle.predict(_images(vae, specs))
+    for head, labels in oracle_labels(specs).items():
+        accuracy = float((predicted[head] == labels).float().mean())
+        assert accuracy >= max(0.9, card["oracle_accuracy"][head] - 0.03), (head, accuracy)
+
+
+def test_shipped_references_are_the_awning_without_a_market():
+    files = image_files(AWNING_REFS_DIR)
+    assert len(files) == 8
+    for path, spec in zip(files, reference_specs(8)):
+        assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), render(spec).image), path.name
+
+
+def test_spurious_smoke_writes_loadable_networks(tmp_path):
+    out = tmp_path / "spurious"
+    assert main(["biaslab", "spurious", "--smoke", "--out", str(out)]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert set(card["classifier_market_rate"]) == {"awning_without_object", "empty_without_awning"}
+    assert load_judge(out / "classifier").labels == CLASSIFIER_HEADS
+    assert load_judge(out / "oracle").labels == ORACLE_HEADS
+
+
+def test_sfsl_lab_quick_reports_every_row(tmp_path):
+    out = tmp_path / "sfsl"
+    assert main(["biaslab", "sfsl", "--quick", "--out", str(out)]) == 0
+    record = json.loads((out / "results.json").read_text())
+    assert tuple(record["results"]) == ("base", *TRAINED_ROWS)
+    for row, values in record["results"].items():
+        assert all(0 <= values[key] <= 1 for key in METRICS if key != "similarity"), (row, values)
+        assert math.isfinite(values["similarity"])
+    table = (out / "results.md").read_text()
+    assert all(title in table for title, _ in METRICS.values())
+    assert (out / "comparison.png").is_file() and (out / "class_prompt.png").is_file()
+    assert len(image_files(out / "references")) == 2 and len(image_files(out / "class_images")) == 2
+    for spurious, slug in TRAINED_ROWS.values():
+        history = json.loads((out / "loras" / slug / "loss_history.json").read_text())
+        assert ("loss/spurious" in json.dumps(history)) == spurious, slug
+        with safe_open(str(out / "loras" / slug / f"{slug}.safetensors"), framework="pt") as lora:
+            weights = json.loads(lora.metadata()["scoft_loss_weights"])
+        assert (weights["spurious"] > 0) == spurious and weights["prior"] == 1.0, slug
