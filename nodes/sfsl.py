@@ -1,7 +1,10 @@
 """SFSL Train: reference spurious images + cached class images -> scoft_train.sfsl.train_sfsl -> SCOFT_LORA.
 
 Every SFSLConfig field is a widget (help text as tooltip, ranges and combos shared with
-SCoFT Train); `classifier_weights` is a combo of the ComfyUI model folder `classifiers`.
+SCoFT Train); `classifier_weights` is a combo of the ComfyUI model folder `classifiers`
+plus the bias lab's shipped market classifier. The defaults are the bias lab's spurious
+experiment (`scoft_train biaslab sfsl`): eight references of the market awning without a
+market, class "market", the shipped classifier's class-wise market features.
 """
 
 from __future__ import annotations
@@ -14,8 +17,12 @@ import typing
 from pathlib import Path
 
 
-from ..scoft_train.biaslab import BIASLAB_CCUB_DIR
+from ..scoft_train.biaslab import AWNING_REFS_DIR, SPURIOUS_DIR
+from ..scoft_train.biaslab.sfsl_lab import CLASS_TEMPLATE, CLASSIFIER_SPEC, INSTANCE_TEMPLATE
+from ..scoft_train.biaslab.spurious import SPURIOUS_CONCEPT
+from ..scoft_train.biaslab.world import CONCEPTS
 from ..scoft_train.sfsl import SFSLConfig, ensure_class_images, load_image_folder, train_sfsl
+from ..scoft_train.sfsl.data import image_files
 from ..scoft_train.sfsl.classifier import STATE_SUFFIXES
 from .common import SCOFT_LORA, SCOFT_MODEL, SAMPLE, input_folder, progress_callback, tip
 from .train import CHOICES, RANGES, RUNS_FOLDER, run_folder, run_training
@@ -23,11 +30,9 @@ from .train import CHOICES, RANGES, RUNS_FOLDER, run_folder, run_training
 logger = logging.getLogger(__name__)
 
 SAMPLE_COPY = "scoft_sfsl_refs"
-# The shipped references: four bias-lab houses of one culture (its look is the "spurious feature").
-SAMPLE_IMAGES = tuple(f"ombresk_house_{i}.png" for i in range(4))
-SAMPLE_CLASS = "house"
 CLASSIFIER_FOLDER = "classifiers"
 NO_CLASSIFIER = "none"
+SHIPPED_CLASSIFIER = "bias-lab market classifier (shipped)"
 LORA_NAME = "sfsl_lora.safetensors"
 CLASS_IMAGES = "class_images"
 
@@ -40,9 +45,12 @@ SFSL_RANGES = {
     "classifier_size": dict(min=0, max=4096),
     "target_class": dict(min=-1, max=1_000_000),
 }
-# Node defaults that differ from SFSLConfig's: the sample references are houses, and no
-# classifier ships, so the spurious loss starts off (it needs classifier weights).
-NODE_DEFAULTS = {"class_name": SAMPLE_CLASS, "spurious_weight": 0.0}
+# Node defaults that differ from SFSLConfig's: the bias lab's spurious experiment.
+NODE_DEFAULTS = {
+    "class_name": SPURIOUS_CONCEPT, "instance_template": INSTANCE_TEMPLATE, "class_template": CLASS_TEMPLATE,
+    "spurious_weight": 0.1, "spurious_every": 4, "classifier": CLASSIFIER_SPEC, "classifier_size": 0,
+    "target_class": CONCEPTS.index(SPURIOUS_CONCEPT), "steps": 600, "lr": 1e-3, "rank": 8,
+}
 
 
 def _field_widget(name: str, kind, default, help_text: str) -> tuple:
@@ -79,10 +87,11 @@ def config_widgets() -> dict[str, tuple]:
     for spec in dataclasses.fields(SFSLConfig):
         help_text = spec.metadata["help"]
         if spec.name == "classifier_weights":
-            widgets[spec.name] = ([NO_CLASSIFIER, *classifier_files()], tip(
-                f"{help_text}: a file in models/{CLASSIFIER_FOLDER} matching 'classifier'. "
+            widgets[spec.name] = ([NO_CLASSIFIER, SHIPPED_CLASSIFIER, *classifier_files()], tip(
+                f"{help_text}: a file in models/{CLASSIFIER_FOLDER} matching 'classifier', or '{SHIPPED_CLASSIFIER}' "
+                f"(the bias lab's {CLASSIFIER_SPEC} network, which learned that markets have an awning). "
                 f"'{NO_CLASSIFIER}' = no classifier, which needs spurious_weight 0.",
-                default=NO_CLASSIFIER,
+                default=SHIPPED_CLASSIFIER,
             ))
             continue
         default = NODE_DEFAULTS.get(spec.name, spec.default)
@@ -103,6 +112,8 @@ def build_config(values: dict) -> SFSLConfig:
                 f"or set spurious_weight 0 (DreamBooth with prior preservation only)"
             )
         settings["classifier_weights"] = None
+    elif name == SHIPPED_CLASSIFIER:
+        settings["classifier_weights"] = str(SPURIOUS_DIR / "classifier")
     else:
         import folder_paths
 
@@ -122,8 +133,8 @@ def sample_references(destination: Path) -> Path:
     staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}."))
     try:
         (staging / "copy").mkdir()
-        for name in SAMPLE_IMAGES:
-            shutil.copy2(BIASLAB_CCUB_DIR / "images" / name, staging / "copy" / name)
+        for image in image_files(AWNING_REFS_DIR):
+            shutil.copy2(image, staging / "copy" / image.name)
         (staging / "copy").rename(destination)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -131,8 +142,8 @@ def sample_references(destination: Path) -> Path:
 
 
 def resolve_folder(folder: str) -> Path:
-    """'' or 'sample' = input/scoft_sfsl_refs (a copy of four shipped bias-lab houses); relative = under
-    ComfyUI's input dir."""
+    """'' or 'sample' = input/scoft_sfsl_refs (a copy of the shipped bias-lab awning references); relative =
+    under ComfyUI's input dir."""
     return input_folder(folder, lambda base: sample_references(base / SAMPLE_COPY))
 
 
@@ -162,8 +173,8 @@ class SFSLTrain:
                 "model": (SCOFT_MODEL, tip("Base model from Load SCoFT Model; it is copied, never changed.")),
                 "instance_folder": ("STRING", tip(
                     "Folder of reference spurious images (png/jpg/webp, all with the instance prompt): an absolute "
-                    f"path, or a path relative to ComfyUI's input folder. Empty or '{SAMPLE}' = four bias-lab "
-                    f"'{SAMPLE_CLASS}' images shipped with the engine (copied once to input/{SAMPLE_COPY}).",
+                    f"path, or a path relative to ComfyUI's input folder. Empty or '{SAMPLE}' = eight bias-lab images of "
+                    f"the market awning without a market, shipped with the engine (copied once to input/{SAMPLE_COPY}).",
                     default=SAMPLE,
                 )),
                 **config_widgets(),

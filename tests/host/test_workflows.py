@@ -107,7 +107,7 @@ def test_sfsl_spurious_workflow(comfy_host, tmp_path):
     (grid_path,) = [p for p in paths if p.name.startswith("sfsl_compare_")]
     assert (comfy_host.root / "output" / "scoft" / grid_path.name).is_file()
     with Image.open(grid_path) as grid:
-        assert grid.width > 2 * 32 and grid.height > 4 * 32
+        assert grid.width > 2 * 32 and grid.height > 6 * 32
     assert [p for p in paths if p.name.startswith("sfsl_loss_plot_")]
     run = comfy_host.root / "output" / "scoft_runs" / "sfsl_test"
     assert len(list((run / "class_images").glob("class_*.png"))) == 2  # cached in the run folder
@@ -119,4 +119,9 @@ def test_sfsl_spurious_workflow(comfy_host, tmp_path):
     assert all(key.endswith(KOHYA_SUFFIXES) for key in keys), keys[:5]
     assert any(key.startswith("lora_unet_") for key in keys) and any(key.startswith("lora_te_") for key in keys)
     assert (metadata["scoft_method"], metadata["scoft_steps"]) == ("SFSL", "3")
-    assert metadata["scoft_instance_prompt"] == "a photo of sks house"
+    assert metadata["scoft_instance_prompt"] == "a photo of a sks market"
+    # The shipped classifier drives the spurious loss by default.
+    assert json.loads(metadata["scoft_loss_weights"])["spurious"] == 0.1
+    assert json.loads(metadata["scoft_config"])["classifier_weights"].endswith("spurious/classifier")
+    history = json.loads((run / "loss_history.json").read_text())
+    assert any(entry.get("loss/spurious") is not None for entry in history)
