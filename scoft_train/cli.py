@@ -273,8 +273,6 @@ def _add_biaslab_parser(verbs) -> None:
                      help="output folder (replaced whole): world/, controlnet/, judge/, model card")
     pre.add_argument("--seed", type=int, default=0, help="seed of the corpus, the initialisations and the data order")
     pre.add_argument("--smoke", action="store_true", help="a few steps of every stage (CI): trains nothing useful")
-    pre.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    pre.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice); on a shared, oversubscribed machine 1 is often fastest")
     pre.set_defaults(func=cmd_biaslab_pretrain)
     abl = what.add_parser("ablate", help="FT / FT+M / FT+MP / FT+MPC vs the base model, scored by the judge",
                           description="Negatives with the world ControlNet, one LoRA per preset, samples of held-out "
@@ -284,8 +282,6 @@ def _add_biaslab_parser(verbs) -> None:
                      help="folder with world/, controlnet/ and judge/ (default: the shipped artefacts)")
     abl.add_argument("--seed", type=int, default=0, help="seed of negatives, LoRA training and sampling")
     abl.add_argument("--quick", action="store_true", help="a few steps and samples (CI): numbers are not meaningful")
-    abl.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    abl.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice); on a shared, oversubscribed machine 1 is often fastest")
     abl.set_defaults(func=cmd_biaslab_ablate)
     spur = what.add_parser("spurious", help="train the spurious-feature lab's market classifier and oracle",
                            description="Render web photos where the awning is behind 95%% of markets, train the "
@@ -303,8 +299,10 @@ def _add_biaslab_parser(verbs) -> None:
         parser.add_argument("--weights", type=Path, default=WEIGHTS_DIR,
                             help="folder with world/ (and, for sfsl, spurious/); default: the shipped artefacts")
         parser.add_argument("--seed", type=int, default=0, help="seed of the data, training and sampling")
+    for parser in (pre, abl, spur, sfsl):
         parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-        parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+        parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice); "
+                            "on a shared, oversubscribed machine 1 is often fastest")
     spur.set_defaults(func=cmd_biaslab_spurious)
     sfsl.set_defaults(func=cmd_biaslab_sfsl)
 
