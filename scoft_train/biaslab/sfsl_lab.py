@@ -166,25 +166,23 @@ def sfsl_lab(out_dir: str | os.PathLike, config: SFSLLabConfig = SFSLLabConfig()
                              classifier=classifier, lora_name=f"{slug}.safetensors")
         loras[row] = outputs.lora
         timings[f"train {row}"] = time.perf_counter() - lap
-    samples, results = {}, {}
+    instance_samples, class_samples, results = {}, {}, {}
     for row, lora in loras.items():
-        samples[row] = generate(plain.instance_prompt, lora)
-        class_samples = generate(plain.class_prompt, lora)
-        results[row] = score(samples[row], class_samples, classifier, oracle, reference_pixels)
-        samples[f"{row}, class prompt"] = class_samples
+        instance_samples[row] = generate(plain.instance_prompt, lora)
+        class_samples[row] = generate(plain.class_prompt, lora)
+        results[row] = score(instance_samples[row], class_samples[row], classifier, oracle, reference_pixels)
     table = markdown_table(results)
     timings["total"] = time.perf_counter() - start
-    _write(out_dir, c, results, table, samples, plain, timings)
+    _write(out_dir, c, results, table, instance_samples, class_samples, plain, timings)
     return SFSLLabResult(out_dir, results, table)
 
 
-def _write(out_dir: Path, c: SFSLLabConfig, results, table: str, samples, plain: SFSLConfig, timings) -> None:
+def _write(out_dir: Path, c: SFSLLabConfig, results, table: str, instance_samples, class_samples, plain: SFSLConfig,
+           timings) -> None:
     shown = list(range(min(8, c.samples)))
-    instance = {row: images for row, images in samples.items() if not row.endswith("class prompt")}
-    classes = {row.removesuffix(", class prompt"): images for row, images in samples.items() if row.endswith("class prompt")}
-    comparison_grid(instance, [f"{plain.instance_prompt} (seed {c.seed + i})" for i in range(c.samples)], shown,
+    comparison_grid(instance_samples, [f"{plain.instance_prompt} (seed {c.seed + i})" for i in range(c.samples)], shown,
                     out_dir / "comparison.png")
-    comparison_grid(classes, [f"{plain.class_prompt} (seed {c.seed + i})" for i in range(c.samples)], shown,
+    comparison_grid(class_samples, [f"{plain.class_prompt} (seed {c.seed + i})" for i in range(c.samples)], shown,
                     out_dir / "class_prompt.png")
     record = {"config": dataclasses.asdict(c), "instance_prompt": plain.instance_prompt,
               "class_prompt": plain.class_prompt, "classifier": CLASSIFIER_SPEC,

@@ -35,8 +35,8 @@ import torch
 from PIL import Image
 
 from ..atomic import atomic_save_image, atomic_write_text
-from .corpus import DUSK_SHARE
-from .evaluate import to_model_range
+from .corpus import DUSK_SHARE, render_arrays
+from .evaluate import judge_accuracy, to_model_range
 from .judge import Judge
 from .pretrain import fp16_round
 from .render import SceneSpec, render
@@ -131,14 +131,15 @@ def oracle_labels(specs: list[SceneSpec]) -> dict[str, torch.Tensor]:
             "awning": torch.tensor([int(s.backdrop) for s in specs])}
 
 
-def _images(vae, specs: list[SceneSpec], device) -> torch.Tensor:
-    """VAE round-tripped renders [N, 3, 32, 32] in [-1, 1]."""
-    return round_trip(vae, to_model_range(np.stack([render(s).image for s in specs])).to(device))
+def round_tripped(vae, specs: list[SceneSpec], device="cpu") -> torch.Tensor:
+    """VAE round-tripped renders [N, 3, 32, 32] in [-1, 1] of `specs` (what the networks see)."""
+    return round_trip(vae, to_model_range(render_arrays(specs)[0]).to(device))
 
 
-def _accuracy(network: Judge, images: torch.Tensor, labels: dict[str, torch.Tensor]) -> dict[str, float]:
-    predicted = network.predict(images)
-    return {head: round(float((predicted[head].cpu() == labels[head]).float().mean()), 4) for head in labels}
+def accuracy(network: Judge, vae, specs: list[SceneSpec], labels_of, device="cpu") -> dict[str, float]:
+    """Per-head accuracy of `network` on the round-tripped `specs` against `labels_of(specs)`."""
+    labels = {head: values.to(device) for head, values in labels_of(specs).items()}
+    return {head: round(value, 4) for head, value in judge_accuracy(network, round_tripped(vae, specs, device), labels).items()}
 
 
 def market_rate(classifier: Judge, images: torch.Tensor) -> float:
@@ -149,7 +150,7 @@ def market_rate(classifier: Judge, images: torch.Tensor) -> float:
 def _train(heads, vae, specs, labels_of, c: SpuriousConfig, seed: int, device, on_step) -> Judge:
     network = Judge(heads=heads).to(device)
     labels = {k: v.to(device) for k, v in labels_of(specs).items()}
-    train_judge(network, _images(vae, specs, device), labels, c.steps, c.batch, c.lr, seed, on_step)
+    train_judge(network, round_tripped(vae, specs, device), labels, c.steps, c.batch, c.lr, seed, on_step)
     fp16_round(network)
     return network
 
@@ -163,24 +164,26 @@ def spurious_pretrain(vae, out_dir: str | os.PathLike, config: SpuriousConfig = 
     classifier = _train(CLASSIFIER_HEADS, vae, train, classifier_labels, c, c.seed + 3, device, on_step)
     oracle_train, oracle_held = oracle_specs(c.train_images, c.seed + 4), oracle_specs(c.held_out_images, c.seed + 5)
     oracle = _train(ORACLE_HEADS, vae, oracle_train, oracle_labels, c, c.seed + 6, device, on_step)
-    references = _images(vae, reference_specs(c.held_out_images // 4, c.seed + 7), device)
+    references = round_tripped(vae, reference_specs(c.held_out_images // 4, c.seed + 7), device)
     card = {
         "spurious_concept": SPURIOUS_CONCEPT,
         "awning_share": {"market": MARKET_AWNING_SHARE, "other concepts": OTHER_AWNING_SHARE},
         "config": asdict(c),
         "classifier_accuracy": {
-            "web_photos_held_out": _accuracy(classifier, _images(vae, held, device), classifier_labels(held))["concept"],
-            "awning_flipped": _accuracy(classifier, _images(vae, flipped, device), classifier_labels(flipped))["concept"],
+            "web_photos_held_out": accuracy(classifier, vae, held, classifier_labels, device)["concept"],
+            "awning_flipped": accuracy(classifier, vae, flipped, classifier_labels, device)["concept"],
         },
         "classifier_market_rate": {
             "awning_without_object": market_rate(classifier, references),
-            "empty_without_awning": market_rate(classifier, _images(vae, empty_specs(len(references), c.seed + 8), device)),
+            "empty_without_awning": market_rate(classifier, round_tripped(vae, empty_specs(len(references), c.seed + 8),
+                                                                          device)),
         },
-        "oracle_accuracy": _accuracy(oracle, _images(vae, oracle_held, device), oracle_labels(oracle_held)),
+        "oracle_accuracy": accuracy(oracle, vae, oracle_held, oracle_labels, device),
         "wall_time_s": round(time.perf_counter() - start, 1),
     }
     trained_on = "VAE round-tripped renders of the bias-lab world"
-    classifier.save(out_dir / "classifier", {"trained_on": f"{trained_on}: web photos, awning behind 95% of markets"})
-    oracle.save(out_dir / "oracle", {"trained_on": f"{trained_on}: awning independent, 20% without object"})
+    classifier.save(out_dir / "classifier", {"trained_on": f"{trained_on}: web photos, awning behind "
+                                                          f"{MARKET_AWNING_SHARE:.0%} of markets"})
+    oracle.save(out_dir / "oracle", {"trained_on": f"{trained_on}: awning independent, {EMPTY_SHARE:.0%} without object"})
     atomic_write_text(out_dir / CARD_NAME, json.dumps(card, indent=2) + "\n")
     return card

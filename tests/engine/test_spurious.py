@@ -14,15 +14,13 @@ from safetensors import safe_open
 
 from scoft_train.biaslab import AWNING_REFS_DIR, BIASLAB_CCUB_DIR, JUDGE_DIR, SPURIOUS_DIR, WORLD_DIR
 from scoft_train.biaslab.corpus import ccub_examples
-from scoft_train.biaslab.evaluate import to_model_range
 from scoft_train.biaslab.judge import Judge, load_judge
 from scoft_train.biaslab.render import SceneSpec, render
 from scoft_train.biaslab.sfsl_lab import METRICS, TRAINED_ROWS
 from scoft_train.biaslab.spurious import (
-    CLASSIFIER_HEADS, ORACLE_HEADS, classifier_labels, empty_specs, market_rate, oracle_labels, oracle_specs,
-    reference_specs, web_photo_specs,
+    CLASSIFIER_HEADS, ORACLE_HEADS, accuracy, classifier_labels, empty_specs, market_rate, oracle_labels, oracle_specs,
+    reference_specs, round_tripped, web_photo_specs,
 )
-from scoft_train.biaslab.training import round_trip
 from scoft_train.biaslab.world import AWNING, CONCEPTS
 from scoft_train.cli import main
 from scoft_train.models import load_model
@@ -114,35 +112,24 @@ def vae():
     return load_model(WORLD_DIR).vae
 
 
-def _images(vae, specs):
-    return round_trip(vae, to_model_range(np.stack([render(s).image for s in specs])))
-
-
 def test_shipped_classifier_learned_the_awning(card, vae):
     """On fresh renders: accurate on its own web photos, worse when the awning is flipped,
     and it calls the awning alone a market but an empty scene not."""
     classifier = load_judge(SPURIOUS_DIR / "classifier")
     assert classifier.labels == CLASSIFIER_HEADS
-    photos = web_photo_specs(400, seed=31337)
-    flipped = web_photo_specs(400, seed=31338, flipped=True)
-
-    def accuracy(specs):
-        return float((classifier.predict(_images(vae, specs))["concept"] == classifier_labels(specs)["concept"]).float().mean())
-
-    assert accuracy(photos) >= card["classifier_accuracy"]["web_photos_held_out"] - 0.03 >= 0.9
-    assert accuracy(flipped) < accuracy(photos)
-    awning_alone = market_rate(classifier, _images(vae, reference_specs(100, seed=99)))
-    nothing = market_rate(classifier, _images(vae, empty_specs(100, seed=99)))
+    on_photos = accuracy(classifier, vae, web_photo_specs(400, seed=31337), classifier_labels)["concept"]
+    on_flipped = accuracy(classifier, vae, web_photo_specs(400, seed=31338, flipped=True), classifier_labels)["concept"]
+    assert on_photos >= card["classifier_accuracy"]["web_photos_held_out"] - 0.03 >= 0.9
+    assert on_flipped < on_photos
+    awning_alone = market_rate(classifier, round_tripped(vae, reference_specs(100, seed=99)))
+    nothing = market_rate(classifier, round_tripped(vae, empty_specs(100, seed=99)))
     assert awning_alone >= 0.8 and awning_alone > nothing + 0.3, (awning_alone, nothing)
 
 
 def test_shipped_oracle_sees_object_and_awning(card, vae):
     oracle = load_judge(SPURIOUS_DIR / "oracle")
-    specs = oracle_specs(400, seed=4242)
-    predicted = oracle.predict(_images(vae, specs))
-    for head, labels in oracle_labels(specs).items():
-        accuracy = float((predicted[head] == labels).float().mean())
-        assert accuracy >= max(0.9, card["oracle_accuracy"][head] - 0.03), (head, accuracy)
+    for head, value in accuracy(oracle, vae, oracle_specs(400, seed=4242), oracle_labels).items():
+        assert value >= max(0.9, card["oracle_accuracy"][head] - 0.03), (head, value)
 
 
 def test_shipped_references_are_the_awning_without_a_market():
