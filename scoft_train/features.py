@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -61,7 +62,9 @@ class LPIPSDistance(FeatureDistance):
                 f"{'vgg16' if net == 'vgg' else 'alexnet'} IMAGENET1K_V1 state dict with safetensors and pass its "
                 f"path (--backbone-weights / perceptual_weights), or allow a random trunk for smoke tests."
             )
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            # lpips builds its trunk with torchvision's deprecated `pretrained=False` argument
+            warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
             torch.manual_seed(RANDOM_TRUNK_SEED)
             self.lpips = lpips.LPIPS(pretrained=True, net=net, pnet_rand=True, verbose=False)
         if weights is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
-from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
 
@@ -36,18 +36,21 @@ INIT_MODES = {"gaussian": "gaussian", "kaiming": True}
 
 
 def add_lora(
-    unet: UNet2DConditionModel,
+    model: torch.nn.Module,
     rank: int = 64,
     alpha: float = 64.0,
     init: str = "gaussian",
     targets: tuple[str, ...] = LORA_TARGETS,
 ) -> None:
-    """Add the `ADAPTER_NAME` LoRA to `unet` in place and freeze everything else.
+    """Add the `ADAPTER_NAME` LoRA to `model` (a UNet or a CLIP text encoder) in place and
+    freeze everything else.
 
     `init` picks how A starts ("gaussian": N(0, 1/rank), "kaiming": peft's default);
-    B always starts at zero, so the fresh adapter leaves the UNet's output unchanged.
+    B always starts at zero, so the fresh adapter leaves the model's output unchanged.
     Afterwards only the LoRA A/B weights require grad. `targets`: the projections to
-    adapt; `TEXT_ENCODER_TARGETS` with a CLIPTextModel (anything with `add_adapter`).
+    adapt; `TEXT_ENCODER_TARGETS` with a CLIPTextModel. The adapter goes in through peft
+    itself (`inject_adapter_in_model`), not through diffusers' or transformers' adapter
+    glue: that glue pins its own peft range and broke with transformers 5.24.
     """
     if init not in INIT_MODES:
         raise ValueError(f"LoRA init {init!r} is unknown; choose one of {sorted(INIT_MODES)}")
@@ -59,9 +62,9 @@ def add_lora(
         target_modules=list(targets),
         init_lora_weights=INIT_MODES[init],
     )
-    unet.requires_grad_(False)
-    unet.add_adapter(config, adapter_name=ADAPTER_NAME)
-    for name, param in unet.named_parameters():
+    model.requires_grad_(False)
+    inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
+    for name, param in model.named_parameters():
         param.requires_grad_(f".{ADAPTER_NAME}." in name and ".lora_" in name)
 
 

@@ -2,13 +2,12 @@
 
 Every image's starting noise is drawn on the CPU from its own seed, so a baseline run
 and a LoRA run with the same seeds (on any device, in any batching) start from the
-same latents. The bundle is never modified: a LoRA is loaded into a copy of the UNet
+same latents. The bundle is never modified: a LoRA is merged into a copy of the UNet
 and, when the file adapts the text encoder too (`lora_te_*` keys), a copy of it.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import os
@@ -18,8 +17,8 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UNet2DConditionModel
 from PIL import Image
-from safetensors import safe_open
 
+from .lora_apply import apply_lora_file
 from .models import ModelBundle
 
 logger = logging.getLogger(__name__)
@@ -29,7 +28,6 @@ SCHEDULERS = {
     "euler": EulerDiscreteScheduler,
     "dpmpp_2m": DPMSolverMultistepScheduler,
 }
-SAMPLE_ADAPTER = "scoft_sample"
 
 OnStep = Callable[[int, int, dict], None]
 
@@ -68,30 +66,18 @@ def initial_noise(seed: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torc
     return torch.randn((1, *shape), generator=generator, dtype=torch.float32), generator
 
 
-TEXT_ENCODER_PREFIXES = ("lora_te_", "lora_te1_", "text_encoder.")
-
-
-def adapts_text_encoder(lora_path: str | os.PathLike) -> bool:
-    """Whether a LoRA file (kohya or diffusers keys) holds text-encoder weights."""
-    with safe_open(str(lora_path), framework="pt") as handle:
-        return any(key.startswith(TEXT_ENCODER_PREFIXES) for key in handle.keys())
-
-
 def lora_pipeline(bundle: ModelBundle, lora_path: str | os.PathLike | None, lora_strength: float = 1.0,
                   unet: UNet2DConditionModel | None = None, scheduler: str = "ddim"):
     """A diffusers pipeline of the bundle (or of `unet` instead of its UNet) with a fresh
-    `scheduler`, carrying the LoRA file at `lora_strength`; the LoRA goes into copies of
-    the modules it adapts, so neither the bundle nor `unet` ever changes."""
+    `scheduler`, carrying the LoRA file at `lora_strength`, merged per module the way
+    ComfyUI's LoraLoader applies it (lora_apply.py) into copies of the modules it adapts,
+    so neither the bundle nor `unet` ever changes."""
     parts = {"unet": bundle.unet if unet is None else unet, "scheduler": make_scheduler(bundle, scheduler)}
     if lora_path is not None:
-        parts["unet"] = copy.deepcopy(parts["unet"])
-        if adapts_text_encoder(lora_path):
-            parts["text_encoder"] = copy.deepcopy(bundle.text_encoder)
+        parts["unet"], parts["text_encoder"] = apply_lora_file(lora_path, lora_strength, parts["unet"],
+                                                               bundle.text_encoder)
     pipe = dataclasses.replace(bundle, **parts).pipeline()
     pipe.set_progress_bar_config(disable=True)
-    if lora_path is not None:
-        pipe.load_lora_weights(str(lora_path), adapter_name=SAMPLE_ADAPTER)
-        pipe.set_adapters([SAMPLE_ADAPTER], adapter_weights=[float(lora_strength)])
     return pipe
 
 
@@ -132,8 +118,8 @@ def sample_tensor(
 ) -> torch.Tensor:
     """Generate one image per (prompt, seed); returns float32 [N, H, W, 3] in 0..1 on the CPU.
 
-    `lora_path`: a kohya/diffusers LoRA file, loaded by diffusers at `lora_strength` into a
-    copy of the UNet (and of the text encoder when the file adapts it). `unet`: an in-memory UNet (e.g. a peft-adapted one being trained)
+    `lora_path`: a kohya/peft LoRA file, merged at `lora_strength` into a copy of the UNet
+    (and of the text encoder when the file adapts it). `unet`: an in-memory UNet (e.g. a peft-adapted one being trained)
     used as is instead of the bundle's (`lora_strength` only scales `lora_path`).
     `on_step(step, total, logs)` is called after every denoising step,
     `total = steps x number of batches`.

@@ -247,3 +247,33 @@ def test_every_sfsl_step_has_help(step, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(["sfsl", step, "--help"])
     assert exit_info.value.code == 0 and expected in capsys.readouterr().out
+
+
+def test_sfsl_trains_exports_and_samples_through_peft_alone(tiny_bundle, datasets, classifier, tmp_path,
+                                                            monkeypatch):
+    """The adapter glue of transformers and diffusers pins its own peft range (transformers
+    5.24 refused peft 0.21 there): with every entry point of that glue made to fail, SFSL still
+    trains both LoRAs, exports them, and samples with the file (UNet and text encoder)."""
+    import diffusers.loaders.lora_pipeline
+    import diffusers.loaders.peft
+    import transformers.integrations.peft
+
+    def glue(*args, **kwargs):
+        raise AssertionError("transformers'/diffusers' adapter glue was called")
+
+    for owner, names in ((transformers.integrations.peft.PeftAdapterMixin, ("add_adapter", "load_adapter")),
+                         (diffusers.loaders.peft.PeftAdapterMixin, ("add_adapter", "load_lora_adapter")),
+                         (diffusers.loaders.lora_pipeline.StableDiffusionLoraLoaderMixin, ("load_lora_weights",))):
+        for name in names:
+            monkeypatch.setattr(owner, name, glue)
+    trainer = SFSLTrainer(tiny_bundle, *datasets, SFSLConfig(**{**SMALL, "steps": 2, "spurious_every": 1}),
+                          classifier=classifier)
+    trainer.train()
+    assert trainer.step == 2 and trainer.text_encoder is not None
+    lora = trainer.export_lora(tmp_path / "sfsl.safetensors")
+    keys = load_file(str(lora)).keys()
+    assert any(k.startswith("lora_te_") for k in keys) and any(k.startswith("lora_unet_") for k in keys)
+    prompts, args = [trainer.config.instance_prompt], dict(seeds=3, steps=2, cfg=5.0)
+    in_memory = sample_tensor(dataclasses.replace(tiny_bundle, text_encoder=trainer.text_encoder), prompts,
+                              unet=trainer.unet, **args)
+    assert torch.allclose(sample_tensor(tiny_bundle, prompts, lora_path=lora, **args), in_memory, atol=1e-5)
