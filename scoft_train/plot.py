@@ -1,4 +1,10 @@
-"""Loss curves as a PNG drawn with PIL alone, and the loss history as JSON."""
+"""Loss curves as a PNG drawn with PIL alone, and the loss history as JSON.
+
+One panel per loss, each with its own y scale: the raw per-step values faint, an
+exponential moving average (EMA) bold, the x axis in optimizer steps shared by all
+panels. A loss that is computed only every k steps (the perceptual, contrastive and
+spurious branches) has entries only at those steps and is drawn only there.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +36,27 @@ PALETTE = (
 BACKGROUND = (255, 255, 255)
 AXIS = (0, 0, 0)
 GRIDLINE = (225, 225, 225)
-MARGIN = (70, 20, 20, 45)  # left, top, right, bottom, px
+FAINT = 0.3  # raw values: the line colour at this share, the rest white
+MAX_SMOOTHING = 0.95
+CLIP_QUANTILE = 0.02  # the y scale covers the EMA and the raw values between this quantile and 1 - it
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Pixel sizes of a loss figure: panel width and height, margins, font size."""
+
+    width: int = 720
+    panel_height: int = 170
+    left: int = 64
+    right: int = 16
+    top: int = 22
+    bottom: int = 22
+    font_size: int = 12
+    notes: bool = True  # panel titles say the smoothing and how often a branch loss was computed
+
+
+FULL = Layout()
+SMALL = Layout(width=320, panel_height=84, left=44, right=8, top=15, bottom=16, font_size=10, notes=False)
 
 
 def loss_keys(history: list[dict]) -> list[str]:
@@ -55,6 +81,30 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     return [first + i * step for i in range(int(math.ceil((high - first) / step - 1e-9)) + 1)]
 
 
+def smoothing_for(count: int) -> float:
+    """EMA factor for a series of `count` points: 1 - 10/count, clipped to 0..MAX_SMOOTHING
+    (about a tenth of the run per time constant; 0 = no smoothing for 10 points or fewer)."""
+    return min(MAX_SMOOTHING, max(0.0, 1.0 - 10.0 / max(count, 1)))
+
+
+def ema(values: list[float], smoothing: float) -> list[float]:
+    """Bias-corrected exponential moving average (as TensorBoard draws it): the first
+    value is not pulled toward 0. `smoothing` in 0..1 (0 = the values as given)."""
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+    average, weight, out = 0.0, 0.0, []
+    for value in values:
+        average = smoothing * average + (1 - smoothing) * value
+        weight = smoothing * weight + (1 - smoothing)
+        out.append(average / weight)
+    return out
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
 def _label(value: float) -> str:
     return f"{value:.3g}"
 
@@ -63,13 +113,18 @@ def _series(history: list[dict], key: str) -> list[tuple[float, float]]:
     return [
         (float(entry["step"]), float(entry[key]))
         for entry in history
-        if key in entry and math.isfinite(float(entry[key]))
+        if isinstance(entry.get(key), numbers.Real) and math.isfinite(float(entry[key]))
     ]
+
+
+def _faint(colour: tuple[int, int, int]) -> tuple[int, int, int]:
+    return tuple(round(FAINT * c + (1 - FAINT) * 255) for c in colour)
 
 
 @dataclass(frozen=True)
 class Frame:
-    """Maps data (step, value) into the plot box (left, top, right, bottom) in pixels."""
+    """Maps data (step, value) into the plot box (left, top, right, bottom) in pixels;
+    values beyond the y ticks are drawn at the box's edge."""
 
     box: tuple[int, int, int, int]
     x_ticks: list[float]
@@ -78,74 +133,82 @@ class Frame:
     def to_px(self, x: float, y: float) -> tuple[float, float]:
         left, top, right, bottom = self.box
         fx = (x - self.x_ticks[0]) / (self.x_ticks[-1] - self.x_ticks[0])
-        fy = (y - self.y_ticks[0]) / (self.y_ticks[-1] - self.y_ticks[0])
+        fy = min(1.0, max(0.0, (y - self.y_ticks[0]) / (self.y_ticks[-1] - self.y_ticks[0])))
         return left + fx * (right - left), bottom - fy * (bottom - top)
 
 
-def _draw_axes(draw: ImageDraw.ImageDraw, frame: Frame, font, height: int) -> None:
+def _draw_axes(draw: ImageDraw.ImageDraw, frame: Frame, font, x_labels: bool) -> None:
     left, top, right, bottom = frame.box
     for tick in frame.x_ticks:
         px, _ = frame.to_px(tick, frame.y_ticks[0])
         draw.line([(px, top), (px, bottom)], fill=GRIDLINE)
-        draw.line([(px, bottom), (px, bottom + 5)], fill=AXIS)
-        draw.text((px, bottom + 8), _label(tick), fill=AXIS, font=font, anchor="mt")
-    for tick in frame.y_ticks:
+        draw.line([(px, bottom), (px, bottom + 4)], fill=AXIS)
+        if x_labels:
+            draw.text((px, bottom + 5), _label(tick), fill=AXIS, font=font, anchor="mt")
+    for tick in frame.y_ticks[:: max(1, len(frame.y_ticks) // 4)]:
         _, py = frame.to_px(frame.x_ticks[0], tick)
         draw.line([(left, py), (right, py)], fill=GRIDLINE)
-        draw.line([(left - 5, py), (left, py)], fill=AXIS)
-        draw.text((left - 8, py), _label(tick), fill=AXIS, font=font, anchor="rm")
+        draw.line([(left - 4, py), (left, py)], fill=AXIS)
+        draw.text((left - 6, py), _label(tick), fill=AXIS, font=font, anchor="rm")
     draw.rectangle([left, top, right, bottom], outline=AXIS)
-    draw.text(((left + right) / 2, height - 4), "step", fill=AXIS, font=font, anchor="md")
 
 
-def _draw_legend(draw: ImageDraw.ImageDraw, frame: Frame, font, keys: list[str]) -> None:
-    _, top, right, _ = frame.box
-    width = 40 + max(int(font.getlength(key)) for key in keys)
-    draw.rectangle([right - width - 8, top + 1, right - 1, top + 8 + 16 * len(keys)], fill=BACKGROUND, outline=GRIDLINE)
-    for index, key in enumerate(keys):
-        y = top + 8 + index * 16
-        draw.line([(right - width, y), (right - width + 24, y)], fill=PALETTE[index % len(PALETTE)], width=3)
-        draw.text((right - width + 30, y), key, fill=AXIS, font=font, anchor="lm")
+def _draw_line(draw: ImageDraw.ImageDraw, pixels: list[tuple[float, float]], colour, width: int) -> None:
+    if len(pixels) > 1:
+        draw.line(pixels, fill=colour, width=width, joint="curve")
+    for px, py in pixels if len(pixels) < 40 else ():
+        draw.ellipse([px - width, py - width, px + width, py + width], fill=colour)
 
 
-def plot_losses(
-    history: list[dict],
-    path: str | os.PathLike,
-    keys: list[str] | None = None,
-    size: tuple[int, int] = (800, 480),
-) -> Path:
-    """Draw one coloured line per loss key against "step", with axes, ticks and a legend; write a PNG.
+def _draw_panel(draw: ImageDraw.ImageDraw, key: str, line: list[tuple[float, float]], x_ticks: list[float],
+                box: tuple[int, int, int, int], colour, font, x_labels: bool, entries: int, notes: bool) -> None:
+    steps, raw = [x for x, _ in line], [y for _, y in line]
+    smoothing = smoothing_for(len(raw))
+    smooth = ema(raw, smoothing)
+    low = min(min(smooth), _quantile(raw, CLIP_QUANTILE))
+    high = max(max(smooth), _quantile(raw, 1 - CLIP_QUANTILE))
+    frame = Frame(box=box, x_ticks=x_ticks, y_ticks=nice_ticks(low, high, count=4))
+    _draw_axes(draw, frame, font, x_labels)
+    _draw_line(draw, [frame.to_px(x, y) for x, y in line], _faint(colour), 1)
+    _draw_line(draw, [frame.to_px(x, y) for x, y in zip(steps, smooth)], colour, 2)
+    where = f"; computed at {len(steps)} of {entries} steps" if len(steps) < entries else ""
+    title = f"{key}: {_label(smooth[-1])}" + (f" (faint: raw; bold: EMA {smoothing:.2f}{where})" if notes else "")
+    draw.text((box[0], box[1] - 3), title, fill=AXIS, font=font, anchor="lb")
 
-    `history`: [{"step": int, "loss/ldm": float, ...}, ...]; non-finite values are skipped.
-    `keys` defaults to `loss_keys(history)`.
+
+def draw_losses(history: list[dict], keys: list[str] | None = None, layout: Layout = FULL) -> Image.Image:
+    """An RGB figure, one panel per loss key stacked top to bottom against "step".
+
+    `history`: [{"step": int, "loss": float, "loss/ldm": float, ...}, ...]; a key missing
+    from an entry (a branch not computed at that step) or non-finite there is not drawn.
+    `keys` defaults to `loss_keys(history)`; keys without a finite value get no panel.
+    Size: layout.width x (panels x layout.panel_height + layout.bottom).
     """
     keys = keys or loss_keys(history)
-    series = {key: _series(history, key) for key in keys}
-    points = [point for line in series.values() for point in line]
-    if not points:
+    series = {key: line for key in keys if (line := _series(history, key))}
+    if not series:
         raise ValueError(f"no finite values to plot for keys {keys} in {len(history)} history entries")
-    width, height = size
-    frame = Frame(
-        box=(MARGIN[0], MARGIN[1], width - MARGIN[2], height - MARGIN[3]),
-        x_ticks=nice_ticks(min(x for x, _ in points), max(x for x, _ in points)),
-        y_ticks=nice_ticks(min(y for _, y in points), max(y for _, y in points)),
-    )
-    image = Image.new("RGB", size, BACKGROUND)
+    steps = [x for line in series.values() for x, _ in line]
+    x_ticks = nice_ticks(min(steps), max(steps))
+    image = Image.new("RGB", (layout.width, len(series) * layout.panel_height + layout.bottom), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    font = load_font(12)
-    _draw_axes(draw, frame, font, height)
-    for index, line in enumerate(series.values()):
-        colour = PALETTE[index % len(PALETTE)]
-        pixels = [frame.to_px(x, y) for x, y in line]
-        if len(pixels) > 1:
-            draw.line(pixels, fill=colour, width=2, joint="curve")
-        elif pixels:
-            px, py = pixels[0]
-            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
-    _draw_legend(draw, frame, font, list(series))
+    font = load_font(layout.font_size)
+    for index, (key, line) in enumerate(series.items()):
+        top = index * layout.panel_height + layout.top
+        box = (layout.left, top, layout.width - layout.right, (index + 1) * layout.panel_height - 4)
+        _draw_panel(draw, key, line, x_ticks, box, PALETTE[keys.index(key) % len(PALETTE)], font,
+                    x_labels=index == len(series) - 1, entries=len(history), notes=layout.notes)
+    draw.text((4, image.height - 2), "step", fill=AXIS, font=font, anchor="ld")
+    return image
+
+
+def plot_losses(history: list[dict], path: str | os.PathLike, keys: list[str] | None = None,
+                layout: Layout = FULL) -> Path:
+    """`draw_losses` written as a PNG (atomic); returns the path."""
+    image = draw_losses(history, keys, layout)
     target = Path(path)
     atomic_save_image(image, target)
-    logger.info("wrote loss plot %s (%d series, %d points)", target, len(series), len(points))
+    logger.info("wrote loss plot %s (%dx%d, %d history entries)", target, image.width, image.height, len(history))
     return target
 
 
