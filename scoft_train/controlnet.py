@@ -160,7 +160,7 @@ DEFAULT_CONTROLNET = "default"
 def default_controlnet(bundle) -> ControlNetModel:
     """The depth ControlNet that goes with an embedded model: the shipped bias-lab world
     ControlNet for "default", a seeded tiny one for "tiny"."""
-    from .biaslab import CONTROLNET_DIR
+    from .assets import CONTROLNET_DIR
     from .models import DEFAULT_MODEL, TINY_MODEL
 
     if bundle.source == TINY_MODEL:

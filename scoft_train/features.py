@@ -10,8 +10,8 @@ Backbones (registry `BACKBONES`):
   .safetensors file (`features.N.weight`...), since they cannot be downloaded here.
 - "hf": any transformers vision model saved in a local folder (DINO ViT, DINOv2,
   CLIP vision); the distance is 1 - cosine similarity of the CLS embeddings.
-- "biaslab-judge": the shipped bias-lab judge's feature maps (the world model's
-  natural feature space; weights default to the shipped judge folder).
+- "biaslab-judge": the feature maps of a judge-format network (judgenet.py), by default
+  the shipped bias-lab judge (the world model's natural feature space).
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .assets import JUDGE_DIR
+from .judgenet import JudgeNet, load_judgenet
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +156,21 @@ def _preprocessing(folder: Path, default_size: int) -> tuple[tuple, tuple, int]:
     return tuple(config.get("image_mean", IMAGENET_MEAN)), tuple(config.get("image_std", IMAGENET_STD)), int(size)
 
 
+class JudgeDistance(FeatureDistance):
+    """LPIPS-like distance in a judge-format network's feature space: channel-normalised
+    activations of its three stages, squared difference, spatial mean, summed over stages. [B]."""
+
+    def __init__(self, judge: JudgeNet):
+        super().__init__()
+        self.judge = judge.requires_grad_(False).eval()
+
+    def features(self, images: torch.Tensor) -> Features:
+        return [_unit_channels(x) for x in self.judge.feature_maps(images)]
+
+    def distance(self, feats_a: Features, feats_b: Features) -> torch.Tensor:
+        return sum(((fa - fb) ** 2).sum(dim=1).mean(dim=(1, 2)) for fa, fb in zip(feats_a, feats_b))
+
+
 BACKBONES = ("lpips-vgg", "lpips-alex", "hf", "biaslab-judge")
 
 
@@ -163,10 +181,7 @@ def build_feature_distance(name: str, weights: str | Path | None = None, allow_r
     if name == "lpips-alex":
         return LPIPSDistance("alex", weights, allow_random)
     if name == "biaslab-judge":
-        from .biaslab import JUDGE_DIR
-        from .biaslab.judge import JudgeDistance, load_judge
-
-        return JudgeDistance(load_judge(weights or JUDGE_DIR))
+        return JudgeDistance(load_judgenet(weights or JUDGE_DIR))
     if name == "hf":
         if weights is None:
             raise FileNotFoundError("backbone 'hf' needs the local folder of a transformers vision model")

@@ -94,7 +94,7 @@ def load_clip_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
 def load_default_model(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> ModelBundle:
     """The embedded default: the bias-lab world model shipped in scoft_train/weights/biaslab/world
     (SD-1.x architecture, 32 px, trained on a deliberately biased corpus; see its model card)."""
-    from .biaslab import WORLD_DIR
+    from .assets import WORLD_DIR
 
     if not (WORLD_DIR / "model_index.json").is_file():
         raise FileNotFoundError(

@@ -4,16 +4,19 @@ Five invented cultures, four concepts, one shared stereotype (`world`); a proced
 renderer (`render`); a biased web corpus and a sample CCUB folder (`corpus`); a tiny
 SD-1.x world model, its depth ControlNet and a judge trained by `pretrain` and shipped
 in `WEIGHTS_DIR` (loaders in `artefacts`); and the ablation `ablate` (FT, FT+M, FT+MP,
-FT+MPC against the base model, judged). See README.md beside this file.
+FT+MPC against the base model, judged). See README.md beside this file. The shipped
+artefacts' paths live in `scoft_train.assets`, re-exported here.
 """
 
-from pathlib import Path
+from ..assets import (
+    AWNING_REFS_DIR,
+    BIASLAB_CCUB_DIR,
+    CONTROLNET_DIR,
+    JUDGE_DIR,
+    SPURIOUS_DIR,
+    WEIGHTS_DIR,
+    WORLD_DIR,
+)
 
-PACKAGE_DIR = Path(__file__).resolve().parent.parent
-BIASLAB_CCUB_DIR = PACKAGE_DIR / "sample_data" / "biaslab_ccub"
-WEIGHTS_DIR = PACKAGE_DIR / "weights" / "biaslab"
-WORLD_DIR = WEIGHTS_DIR / "world"
-CONTROLNET_DIR = WEIGHTS_DIR / "controlnet"
-JUDGE_DIR = WEIGHTS_DIR / "judge"
-SPURIOUS_DIR = WEIGHTS_DIR / "spurious"
-AWNING_REFS_DIR = PACKAGE_DIR / "sample_data" / "biaslab_awning"
+__all__ = ["AWNING_REFS_DIR", "BIASLAB_CCUB_DIR", "CONTROLNET_DIR", "JUDGE_DIR", "SPURIOUS_DIR", "WEIGHTS_DIR",
+           "WORLD_DIR"]

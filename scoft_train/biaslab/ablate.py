@@ -26,18 +26,18 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
+from ..assets import BIASLAB_CCUB_DIR, WEIGHTS_DIR
 from ..atomic import atomic_write_text
 from ..config import PRESETS, TrainConfig
 from ..data import load_ccub
 from ..negatives import NegativeSettings, depth_from_dataset, generate_negatives
 from ..plot import save_history_json
+from ..progress import OnStep
 from ..sampling import sample_tensor
 from ..trainer import SCoFTTrainer
-from . import BIASLAB_CCUB_DIR, WEIGHTS_DIR
 from .artefacts import load_world, load_world_controlnet, load_world_judge
 from .corpus import held_out_prompts, render_arrays
 from .evaluate import judge_generated, to_model_range
@@ -52,7 +52,6 @@ from .world import CONCEPTS, CULTURE_NAMES, MINORITY, RESOLUTION
 
 log = logging.getLogger(__name__)
 
-OnStep = Callable[[int, int, dict], None]
 BASE = "base"
 REAL_SEED_OFFSET = 9_000_000
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from diffusers import ControlNetModel
 
+from ..assets import WEIGHTS_DIR
 from ..controlnet import load_controlnet
+from ..judgenet import JudgeNet, load_judgenet
 from ..models import ModelBundle, load_model
-from . import WEIGHTS_DIR
-from .judge import Judge, load_judge
 from .pretrain import CARD_JSON
 
 WORLD_SAMPLING = {"scheduler": "ddim", "steps": 20, "cfg": 5.0}
@@ -35,8 +35,8 @@ def load_world_controlnet(weights_dir: str | os.PathLike = WEIGHTS_DIR, dtype: t
     return load_controlnet(Path(weights_dir) / "controlnet", dtype=dtype, device=device)
 
 
-def load_world_judge(weights_dir: str | os.PathLike = WEIGHTS_DIR, device: str | torch.device = "cpu") -> Judge:
-    return load_judge(Path(weights_dir) / "judge").to(device)
+def load_world_judge(weights_dir: str | os.PathLike = WEIGHTS_DIR, device: str | torch.device = "cpu") -> JudgeNet:
+    return load_judgenet(Path(weights_dir) / "judge").to(device)
 
 
 def model_card(weights_dir: str | os.PathLike = WEIGHTS_DIR) -> dict:

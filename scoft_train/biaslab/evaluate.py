@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .judge import Judge
+from ..judgenet import JudgeNet
 from .render import SceneSpec
 from .world import CONCEPTS, CULTURE_NAMES, MINORITY, SIGNATURES
 
@@ -31,7 +31,7 @@ def labels_of(specs: list[SceneSpec]) -> dict[str, torch.Tensor]:
     }
 
 
-def judge_accuracy(judge: Judge, images: torch.Tensor, labels: dict[str, torch.Tensor]) -> dict[str, float]:
+def judge_accuracy(judge: JudgeNet, images: torch.Tensor, labels: dict[str, torch.Tensor]) -> dict[str, float]:
     """Share of correct predictions per head."""
     predicted = judge.predict(images)
     return {name: float((predicted[name] == labels[name]).float().mean()) for name in labels}
@@ -59,7 +59,7 @@ class Verdicts:
         return {name: self.rate(what, (name,)) for name in CULTURE_NAMES}
 
 
-def judge_generated(judge: Judge, images: torch.Tensor, cultures: list[str], concepts: list[str]) -> Verdicts:
+def judge_generated(judge: JudgeNet, images: torch.Tensor, cultures: list[str], concepts: list[str]) -> Verdicts:
     predicted = judge.predict(images)
     return Verdicts(
         cultures=tuple(cultures),

@@ -23,7 +23,8 @@ import warnings
 import torch
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from .judge import Judge, JudgeEmbedding
+from ..judgenet import JudgeNet
+from .judge import JudgeEmbedding
 
 COPY_THRESHOLD = 0.03
 
@@ -57,7 +58,7 @@ def diversity(samples: torch.Tensor, groups: list[int]) -> float:
     return sum(means) / len(means) if means else float("nan")
 
 
-def kid(judge: Judge, real: torch.Tensor, fake: torch.Tensor, subsets: int = 50, seed: int = 0) -> tuple[float, float]:
+def kid(judge: JudgeNet, real: torch.Tensor, fake: torch.Tensor, subsets: int = 50, seed: int = 0) -> tuple[float, float]:
     """(mean, std) of KID between real and fake images in the judge's embedding space."""
     subset_size = min(100, len(real), len(fake))
     with warnings.catch_warnings():  # it warns that it keeps every feature: a few hundred 128-d vectors here

@@ -26,24 +26,24 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import diffusers
 import torch
 
 from ..atomic import atomic_write_text
+from ..judgenet import JudgeNet
 from ..models import ModelBundle, load_clip_tokenizer
+from ..progress import OnStep
 from ..sampling import sample_tensor
 from .arch import build_controlnet, build_world
 from .corpus import balanced_specs, held_out_prompts, render_arrays, web_corpus
 from .evaluate import bias_summary, judge_accuracy, judge_generated, labels_of, to_model_range
-from .judge import Judge
+from .judge import HEADS
 from .training import encode, round_trip, train_controlnet, train_denoiser, train_judge, train_vae
 from .world import RESOLUTION
 
 log = logging.getLogger(__name__)
 
-OnStep = Callable[[int, int, dict], None]
 CARD_JSON = "model_card.json"
 CARD_MD = "MODEL_CARD.md"
 
@@ -159,7 +159,7 @@ def pretrain(out_dir: str | os.PathLike, config: PretrainConfig = PretrainConfig
     judge_clean = to_model_range(render_arrays(judge_specs)[0]).to(device)
     held_clean = to_model_range(render_arrays(held_specs)[0]).to(device)
     judge_images, held_images = round_trip(vae, judge_clean), round_trip(vae, held_clean)
-    judge = Judge().to(device)
+    judge = JudgeNet(HEADS).to(device)
     judge_history = train_judge(judge, judge_images, {k: v.to(device) for k, v in labels_of(judge_specs).items()},
                                 c.judge_steps, c.judge_batch, c.judge_lr, c.seed + 4, on_step)
     fp16_round(judge)
@@ -226,7 +226,7 @@ def _shares(corpus) -> dict[str, float]:
     return {name: round(stereo[name] / total[name], 3) for name in total}
 
 
-def measure_bias(bundle: ModelBundle, judge: Judge, samples_per_prompt: int, steps: int, cfg: float,
+def measure_bias(bundle: ModelBundle, judge: JudgeNet, samples_per_prompt: int, steps: int, cfg: float,
                  seed: int = 0) -> dict:
     """Sample every held-out prompt `samples_per_prompt` times and summarise the judge's verdicts."""
     rows = [row for row in held_out_prompts() for _ in range(samples_per_prompt)]
@@ -235,7 +235,7 @@ def measure_bias(bundle: ModelBundle, judge: Judge, samples_per_prompt: int, ste
     return bias_summary(judge_generated(judge, images, [r[1] for r in rows], [r[2] for r in rows]))
 
 
-def _write(out_dir: Path, bundle: ModelBundle, controlnet, judge: Judge, card: dict) -> None:
+def _write(out_dir: Path, bundle: ModelBundle, controlnet, judge: JudgeNet, card: dict) -> None:
     """Assemble the folder beside `out_dir`, then swap it into place."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))

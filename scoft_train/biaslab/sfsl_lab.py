@@ -25,22 +25,21 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
+from ..assets import WEIGHTS_DIR
 from ..atomic import atomic_write_text
+from ..judgenet import JudgeNet, load_judgenet
+from ..progress import OnStep
 from ..sampling import sample_tensor
 from ..sfsl import SFSLConfig, ensure_class_images, load_classifier, load_image_folder, train_sfsl
 from ..sfsl.classifier import Classifier, reference_similarity
-from . import WEIGHTS_DIR
 from .artefacts import load_world
-from .judge import Judge, load_judge
 from .report import comparison_grid, write_markdown
 from .spurious import NO_OBJECT, ORACLE_HEADS, SPURIOUS_CONCEPT, write_references
 from .world import CONCEPTS, RESOLUTION
 
-OnStep = Callable[[int, int, dict], None]
 BASE = "base"
 DREAMBOOTH = "DreamBooth"
 SFSL = "DreamBooth + SFSL"
@@ -102,7 +101,7 @@ def _sfsl_config(c: SFSLLabConfig, spurious_weight: float, classifier_dir: Path)
     )
 
 
-def score(images: torch.Tensor, class_images: torch.Tensor, classifier: Classifier, oracle: Judge,
+def score(images: torch.Tensor, class_images: torch.Tensor, classifier: Classifier, oracle: JudgeNet,
           references: torch.Tensor) -> dict[str, float]:
     """The METRICS of one row: `images` of the instance prompt, `class_images` of the class
     prompt, `references` the reference images (all [N, 3, 32, 32] in [-1, 1])."""
@@ -143,7 +142,7 @@ def sfsl_lab(out_dir: str | os.PathLike, config: SFSLLabConfig = SFSLLabConfig()
     bundle = load_world(weights_dir, device=device)
     classifier_dir, spurious_dir = weights_dir / "spurious" / "classifier", weights_dir / "spurious"
     classifier = load_classifier(CLASSIFIER_SPEC, classifier_dir, device=device)
-    oracle = load_judge(spurious_dir / "oracle").to(device)
+    oracle = load_judgenet(spurious_dir / "oracle").to(device)
     plain = _sfsl_config(c, 0.0, classifier_dir)
     references = write_references(out_dir / "references", c.references, c.seed)
     ensure_class_images(bundle, out_dir / "class_images", plain.class_prompt, count=c.class_images, seed=c.seed,

@@ -35,12 +35,13 @@ import torch
 from PIL import Image
 
 from ..atomic import atomic_save_image, atomic_write_text
+from ..judgenet import JudgeNet
+from ..progress import OnStep
 from .corpus import DUSK_SHARE, render_arrays
 from .evaluate import judge_accuracy, to_model_range
-from .judge import Judge
 from .pretrain import fp16_round
 from .render import SceneSpec, render
-from .training import OnStep, round_trip, train_judge
+from .training import round_trip, train_judge
 from .world import CONCEPTS, CULTURE_NAMES
 
 SPURIOUS_CONCEPT = "market"
@@ -136,19 +137,19 @@ def round_tripped(vae, specs: list[SceneSpec], device="cpu") -> torch.Tensor:
     return round_trip(vae, to_model_range(render_arrays(specs)[0]).to(device))
 
 
-def accuracy(network: Judge, vae, specs: list[SceneSpec], labels_of, device="cpu") -> dict[str, float]:
+def accuracy(network: JudgeNet, vae, specs: list[SceneSpec], labels_of, device="cpu") -> dict[str, float]:
     """Per-head accuracy of `network` on the round-tripped `specs` against `labels_of(specs)`."""
     labels = {head: values.to(device) for head, values in labels_of(specs).items()}
     return {head: round(value, 4) for head, value in judge_accuracy(network, round_tripped(vae, specs, device), labels).items()}
 
 
-def market_rate(classifier: Judge, images: torch.Tensor) -> float:
+def market_rate(classifier: JudgeNet, images: torch.Tensor) -> float:
     """Share of images the classifier calls a market."""
     return float((classifier.predict(images)["concept"] == CONCEPTS.index(SPURIOUS_CONCEPT)).float().mean())
 
 
-def _train(heads, vae, specs, labels_of, c: SpuriousConfig, seed: int, device, on_step) -> Judge:
-    network = Judge(heads=heads).to(device)
+def _train(heads, vae, specs, labels_of, c: SpuriousConfig, seed: int, device, on_step) -> JudgeNet:
+    network = JudgeNet(heads).to(device)
     labels = {k: v.to(device) for k, v in labels_of(specs).items()}
     train_judge(network, round_tripped(vae, specs, device), labels, c.steps, c.batch, c.lr, seed, on_step)
     fp16_round(network)

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from diffusers.training_utils import compute_snr
 
+from ..progress import OnStep
+
 log = logging.getLogger(__name__)
 
-OnStep = Callable[[int, int, dict], None]
 LOG_EVERY = 100
 KL_WEIGHT = 1e-6
 MIN_SNR_GAMMA = 5.0

@@ -4,8 +4,8 @@ features and class-wise features, for the spurious loss and the evaluation.
 Architectures come from torchvision (`torchvision:resnet50`) or timm (`timm:resnet50`),
 built without pretrained weights and loaded from a LOCAL file (.safetensors, or a
 state-dict .pth/.pt read with `torch.load(weights_only=True)`); nothing is downloaded.
-`biaslab:<head>` reads one head of a bias-lab judge-format network (a folder with
-config.json + model.safetensors, or that model.safetensors), e.g. the shipped market
+`biaslab:<head>` reads one head of a judge-format network (../judgenet.py: a folder
+with config.json + model.safetensors, or that model.safetensors), e.g. the shipped market
 classifier of the spurious-feature lab, `biaslab:concept`.
 Checkpoints of the `robustness` library (the adversarially robust ImageNet models the
 SFSL paper prefers: keys `module.model.*`) and DataParallel ones (`module.*`) are
@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..judgenet import WEIGHTS_NAME, load_judgenet
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +100,7 @@ def _head(model: nn.Module) -> tuple[str, nn.Linear]:
 
 
 class _JudgeHead(nn.Module):
-    """A bias-lab judge reduced to one head: images in [-1, 1] -> that head's logits."""
+    """A judge-format network reduced to one head: images in [-1, 1] -> that head's logits."""
 
     def __init__(self, judge: nn.Module, head: str):
         super().__init__()
@@ -109,11 +111,9 @@ class _JudgeHead(nn.Module):
 
 
 def _load_biaslab(head: str, weights: str | Path) -> nn.Module:
-    from ..biaslab.judge import WEIGHTS_NAME, load_judge
-
     path = Path(weights)
     folder = path.parent if path.name == WEIGHTS_NAME else path
-    judge = load_judge(folder)
+    judge = load_judgenet(folder)
     if head not in judge.labels:
         raise ValueError(f"classifier biaslab:{head}: {folder} has no head {head!r}; its heads: {', '.join(judge.labels)}")
     return _JudgeHead(judge.only(head), head)

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from scoft_train.biaslab import BIASLAB_CCUB_DIR, CONTROLNET_DIR, JUDGE_DIR, WEIGHTS_DIR, WORLD_DIR
+from scoft_train.assets import BIASLAB_CCUB_DIR, CONTROLNET_DIR, JUDGE_DIR, WEIGHTS_DIR, WORLD_DIR
 from scoft_train.biaslab.corpus import balanced_specs, render_arrays, web_corpus, write_ccub
 from scoft_train.biaslab.evaluate import judge_accuracy, labels_of, to_model_range
-from scoft_train.biaslab.judge import load_judge
 from scoft_train.biaslab.render import SceneSpec, render
 from scoft_train.biaslab.report import METRICS
 from scoft_train.biaslab.training import round_trip
 from scoft_train.biaslab.world import CONCEPTS, CULTURE_NAMES, MAJORITY, MINORITY
 from scoft_train.cli import main
 from scoft_train.data import load_ccub
+from scoft_train.judgenet import load_judgenet
 from scoft_train.models import load_model
 
 VARIANTS = ("base", "FT", "FT+M", "FT+MP", "FT+MPC", "RS-Corrector (prior)", "RS-Corrector (direct)",
@@ -101,7 +101,7 @@ def test_shipped_weights_load_within_budget(card):
 
 def test_judge_reaches_its_recorded_accuracy_on_fresh_renders(card):
     bundle = load_model(WORLD_DIR)
-    judge = load_judge(JUDGE_DIR)
+    judge = load_judgenet(JUDGE_DIR)
     specs = balanced_specs(400, seed=424242)
     images = round_trip(bundle.vae, to_model_range(render_arrays(specs)[0]))
     accuracy = judge_accuracy(judge, images, labels_of(specs))
@@ -142,6 +142,6 @@ def test_pretrain_smoke_writes_loadable_artefacts(tmp_path):
     assert smoke["data"]["web_corpus_images"] == 3 * len(CULTURE_NAMES) * len(CONCEPTS)
     assert (out / "MODEL_CARD.md").is_file()
     bundle = load_model(out / "world")
-    judge = load_judge(out / "judge")
+    judge = load_judgenet(out / "judge")
     assert judge(torch.zeros(1, 3, 32, 32))["signature"].shape == (1, len(CULTURE_NAMES) + 1)
     assert bundle.unet.config.cross_attention_dim == bundle.text_encoder.config.hidden_size

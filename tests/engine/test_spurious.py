@@ -12,9 +12,8 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from scoft_train.biaslab import AWNING_REFS_DIR, BIASLAB_CCUB_DIR, JUDGE_DIR, SPURIOUS_DIR, WORLD_DIR
+from scoft_train.assets import AWNING_REFS_DIR, BIASLAB_CCUB_DIR, JUDGE_DIR, SPURIOUS_DIR, WORLD_DIR
 from scoft_train.biaslab.corpus import ccub_examples
-from scoft_train.biaslab.judge import Judge, load_judge
 from scoft_train.biaslab.render import SceneSpec, render
 from scoft_train.biaslab.sfsl_lab import METRICS, TRAINED_ROWS
 from scoft_train.biaslab.spurious import (
@@ -23,6 +22,7 @@ from scoft_train.biaslab.spurious import (
 )
 from scoft_train.biaslab.world import AWNING, CONCEPTS
 from scoft_train.cli import main
+from scoft_train.judgenet import JudgeNet, load_judgenet
 from scoft_train.models import load_model
 from scoft_train.sfsl import SFSLConfig, load_classifier
 from scoft_train.sfsl.data import image_files
@@ -75,9 +75,9 @@ def test_web_photos_carry_the_correlation_and_the_oracle_data_does_not():
 
 def test_judge_with_other_heads_round_trips(tmp_path):
     torch.manual_seed(0)
-    network = Judge(heads=ORACLE_HEADS)
+    network = JudgeNet(ORACLE_HEADS)
     network.save(tmp_path / "oracle")
-    loaded = load_judge(tmp_path / "oracle")
+    loaded = load_judgenet(tmp_path / "oracle")
     assert loaded.labels == ORACLE_HEADS
     x = torch.rand(3, 3, 32, 32) * 2 - 1
     for head, logits in network.eval()(x).items():
@@ -85,7 +85,7 @@ def test_judge_with_other_heads_round_trips(tmp_path):
 
 
 def test_biaslab_classifier_reads_one_judge_head():
-    judge = load_judge(JUDGE_DIR)
+    judge = load_judgenet(JUDGE_DIR)
     x = torch.rand(4, 3, 32, 32) * 2 - 1
     for weights in (JUDGE_DIR, JUDGE_DIR / "model.safetensors"):
         classifier = load_classifier("biaslab:concept", weights)
@@ -115,7 +115,7 @@ def vae():
 def test_shipped_classifier_learned_the_awning(card, vae):
     """On fresh renders: accurate on its own web photos, worse when the awning is flipped,
     and it calls the awning alone a market but an empty scene not."""
-    classifier = load_judge(SPURIOUS_DIR / "classifier")
+    classifier = load_judgenet(SPURIOUS_DIR / "classifier")
     assert classifier.labels == CLASSIFIER_HEADS
     on_photos = accuracy(classifier, vae, web_photo_specs(400, seed=31337), classifier_labels)["concept"]
     on_flipped = accuracy(classifier, vae, web_photo_specs(400, seed=31338, flipped=True), classifier_labels)["concept"]
@@ -127,7 +127,7 @@ def test_shipped_classifier_learned_the_awning(card, vae):
 
 
 def test_shipped_oracle_sees_object_and_awning(card, vae):
-    oracle = load_judge(SPURIOUS_DIR / "oracle")
+    oracle = load_judgenet(SPURIOUS_DIR / "oracle")
     for head, value in accuracy(oracle, vae, oracle_specs(400, seed=4242), oracle_labels).items():
         assert value >= max(0.9, card["oracle_accuracy"][head] - 0.03), (head, value)
 
@@ -144,8 +144,8 @@ def test_spurious_smoke_writes_loadable_networks(tmp_path):
     assert main(["biaslab", "spurious", "--smoke", "--out", str(out)]) == 0
     card = json.loads((out / "card.json").read_text())
     assert set(card["classifier_market_rate"]) == {"awning_without_object", "empty_without_awning"}
-    assert load_judge(out / "classifier").labels == CLASSIFIER_HEADS
-    assert load_judge(out / "oracle").labels == ORACLE_HEADS
+    assert load_judgenet(out / "classifier").labels == CLASSIFIER_HEADS
+    assert load_judgenet(out / "oracle").labels == ORACLE_HEADS
 
 
 def test_sfsl_lab_quick_reports_every_row(tmp_path):
