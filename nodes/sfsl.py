@@ -17,14 +17,15 @@ import typing
 from pathlib import Path
 
 
-from ..scoft_train.biaslab import AWNING_REFS_DIR, SPURIOUS_DIR
-from ..scoft_train.biaslab.sfsl_lab import CLASS_TEMPLATE, CLASSIFIER_SPEC, INSTANCE_TEMPLATE
-from ..scoft_train.biaslab.spurious import SPURIOUS_CONCEPT
-from ..scoft_train.biaslab.world import CONCEPTS
+from ..scoft_train.assets import AWNING_REFS_DIR, SPURIOUS_CLASSIFIER_DIR
 from ..scoft_train.sfsl import SFSLConfig, ensure_class_images, load_image_folder, train_sfsl
 from ..scoft_train.sfsl.data import image_files
 from ..scoft_train.sfsl.classifier import STATE_SUFFIXES
-from .common import SCOFT_LORA, SCOFT_MODEL, SAMPLE, input_folder, progress_callback, tip
+from ..scoft_train.sfsl.presets import CLASSIFIER_SPEC, SPURIOUS_LAB
+from .common import (
+    CCUB_KIND, CLASSIFIERS_KIND, SCOFT_LORA, SCOFT_MODEL, SAMPLE, check_folder, check_model_path, dataset_choices,
+    input_folder, model_path, progress_callback, tip, weight_choices,
+)
 from .train import CHOICES, RANGES, RUNS_FOLDER, run_folder, run_training
 
 logger = logging.getLogger(__name__)
@@ -46,11 +47,7 @@ SFSL_RANGES = {
     "target_class": dict(min=-1, max=1_000_000),
 }
 # Node defaults that differ from SFSLConfig's: the bias lab's spurious experiment.
-NODE_DEFAULTS = {
-    "class_name": SPURIOUS_CONCEPT, "instance_template": INSTANCE_TEMPLATE, "class_template": CLASS_TEMPLATE,
-    "spurious_weight": 0.1, "spurious_every": 4, "classifier": CLASSIFIER_SPEC, "classifier_size": 0,
-    "target_class": CONCEPTS.index(SPURIOUS_CONCEPT), "steps": 600, "lr": 1e-3, "rank": 8,
-}
+NODE_DEFAULTS = SPURIOUS_LAB
 
 
 def _field_widget(name: str, kind, default, help_text: str) -> tuple:
@@ -71,13 +68,8 @@ def _field_widget(name: str, kind, default, help_text: str) -> tuple:
 
 
 def classifier_files() -> list[str]:
-    """Weight files in the `classifiers` model folder (registered here, on first use)."""
-    import folder_paths
-
-    if CLASSIFIER_FOLDER not in folder_paths.folder_names_and_paths:
-        folder_paths.add_model_folder_path(CLASSIFIER_FOLDER, str(Path(folder_paths.models_dir) / CLASSIFIER_FOLDER))
-    return sorted(name for name in folder_paths.get_filename_list(CLASSIFIER_FOLDER)
-                  if name.lower().endswith(STATE_SUFFIXES))
+    """Weight files (and judge-format folders) in the `classifiers` model-folder roots."""
+    return weight_choices(CLASSIFIERS_KIND, STATE_SUFFIXES)
 
 
 def config_widgets() -> dict[str, tuple]:
@@ -88,7 +80,8 @@ def config_widgets() -> dict[str, tuple]:
         help_text = spec.metadata["help"]
         if spec.name == "classifier_weights":
             widgets[spec.name] = ([NO_CLASSIFIER, SHIPPED_CLASSIFIER, *classifier_files()], tip(
-                f"{help_text}: a file in models/{CLASSIFIER_FOLDER} matching 'classifier', or '{SHIPPED_CLASSIFIER}' "
+                f"{help_text}: a file (or judge-format folder) in the '{CLASSIFIERS_KIND}' folders (models/"
+                f"{CLASSIFIER_FOLDER} and extra_model_paths.yaml roots) matching 'classifier', or '{SHIPPED_CLASSIFIER}' "
                 f"(the bias lab's {CLASSIFIER_SPEC} network, which learned that markets have an awning). "
                 f"'{NO_CLASSIFIER}' = no classifier, which needs spurious_weight 0.",
                 default=SHIPPED_CLASSIFIER,
@@ -113,15 +106,13 @@ def build_config(values: dict) -> SFSLConfig:
             )
         settings["classifier_weights"] = None
     elif name == SHIPPED_CLASSIFIER:
-        settings["classifier_weights"] = str(SPURIOUS_DIR / "classifier")
+        settings["classifier_weights"] = str(SPURIOUS_CLASSIFIER_DIR)
     else:
-        import folder_paths
-
-        classifier_files()  # registers the folder
-        path = folder_paths.get_full_path(CLASSIFIER_FOLDER, name)
-        if path is None:
-            raise FileNotFoundError(f"classifier_weights {name!r} is not in models/{CLASSIFIER_FOLDER}")
-        settings["classifier_weights"] = path
+        path = model_path("classifier_weights", name, CLASSIFIERS_KIND)
+        if not path.exists():
+            raise FileNotFoundError(f"classifier_weights {name!r} is not in the '{CLASSIFIERS_KIND}' folders "
+                                    f"(models/{CLASSIFIER_FOLDER} or extra_model_paths.yaml roots)")
+        settings["classifier_weights"] = str(path)
     return SFSLConfig.from_dict(settings)
 
 
@@ -144,7 +135,7 @@ def sample_references(destination: Path) -> Path:
 def resolve_folder(folder: str) -> Path:
     """'' or 'sample' = input/scoft_sfsl_refs (a copy of the shipped bias-lab awning references); relative =
     under ComfyUI's input dir."""
-    return input_folder(folder, lambda base: sample_references(base / SAMPLE_COPY))
+    return input_folder(folder, lambda base: sample_references(base / SAMPLE_COPY), "instance_folder")
 
 
 class SFSLTrain:
@@ -171,10 +162,12 @@ class SFSLTrain:
         return {
             "required": {
                 "model": (SCOFT_MODEL, tip("Base model from Load SCoFT Model; it is copied, never changed.")),
-                "instance_folder": ("STRING", tip(
-                    "Folder of reference spurious images (png/jpg/webp, all with the instance prompt): an absolute "
-                    f"path, or a path relative to ComfyUI's input folder. Empty or '{SAMPLE}' = eight bias-lab images of "
-                    f"the market awning without a market, shipped with the engine (copied once to input/{SAMPLE_COPY}).",
+                "instance_folder": (dataset_choices(), tip(
+                    "Folder of reference spurious images (png/jpg/webp, all with the instance prompt), from the "
+                    f"'{CCUB_KIND}' folders (ComfyUI/input/{CCUB_KIND}/ and any '{CCUB_KIND}:' root in "
+                    f"extra_model_paths.yaml). '{SAMPLE}' = eight bias-lab images of the market awning without a "
+                    f"market, shipped with the engine (copied once to input/{SAMPLE_COPY}). Folders outside those "
+                    "roots are refused unless ComfyUI runs with SCOFT_ALLOW_ANY_PATH=1.",
                     default=SAMPLE,
                 )),
                 **config_widgets(),
@@ -201,6 +194,16 @@ class SFSLTrain:
                 )),
             }
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, instance_folder, classifier_weights):
+        # Listed here so the path inputs are confined by these checks (older values pass the list check).
+        for verdict in (check_folder(instance_folder, "instance_folder"),
+                        check_model_path("classifier_weights", classifier_weights, CLASSIFIERS_KIND,
+                                         ("", NO_CLASSIFIER, SHIPPED_CLASSIFIER))):
+            if verdict is not True:
+                return verdict
+        return True
 
     def train(self, model, instance_folder: str, class_images: int, class_image_steps: int, run_name: str,
               resume: bool, **settings):

@@ -35,6 +35,7 @@ from ..progress import OnStep
 from ..sampling import sample_tensor
 from ..sfsl import SFSLConfig, ensure_class_images, load_classifier, load_image_folder, train_sfsl
 from ..sfsl.classifier import Classifier, reference_similarity
+from ..sfsl.presets import CLASS_TEMPLATE, CLASSIFIER_SPEC, INSTANCE_TEMPLATE, SPURIOUS_LAB
 from .artefacts import load_world
 from .report import comparison_grid, write_markdown
 from .spurious import NO_OBJECT, ORACLE_HEADS, SPURIOUS_CONCEPT, write_references
@@ -45,9 +46,6 @@ DREAMBOOTH = "DreamBooth"
 SFSL = "DreamBooth + SFSL"
 # trained row -> (spurious loss on, folder name)
 TRAINED_ROWS = {DREAMBOOTH: (False, "dreambooth"), SFSL: (True, "dreambooth_sfsl")}
-CLASSIFIER_SPEC = "biaslab:concept"
-INSTANCE_TEMPLATE = "a photo of a {identifier} {class_name}"
-CLASS_TEMPLATE = "a photo of a {class_name}"
 METRICS = {
     "spurious_rate": ("spurious rate: classifier says market, no market drawn", "higher"),
     "market_called": ("classifier says market", "higher"),
@@ -65,13 +63,13 @@ class SFSLLabConfig:
     seed: int = 0
     references: int = 8
     class_images: int = 64
-    steps: int = 600
+    steps: int = SPURIOUS_LAB["steps"]
     batch_size: int = 4
-    rank: int = 8
-    lr: float = 1e-3
+    rank: int = SPURIOUS_LAB["rank"]
+    lr: float = SPURIOUS_LAB["lr"]
     prior_loss_weight: float = 1.0
-    spurious_weight: float = 0.1
-    spurious_every: int = 4
+    spurious_weight: float = SPURIOUS_LAB["spurious_weight"]
+    spurious_every: int = SPURIOUS_LAB["spurious_every"]
     denoise_steps: int = 10
     samples: int = 64  # per prompt (instance and class), seeds seed..seed+samples-1
     sample_steps: int = 20
@@ -94,8 +92,9 @@ def _sfsl_config(c: SFSLLabConfig, spurious_weight: float, classifier_dir: Path)
     return SFSLConfig(
         class_name=SPURIOUS_CONCEPT, instance_template=INSTANCE_TEMPLATE, class_template=CLASS_TEMPLATE,
         prior_loss_weight=c.prior_loss_weight, spurious_weight=spurious_weight, spurious_every=c.spurious_every,
-        classifier=CLASSIFIER_SPEC, classifier_weights=str(classifier_dir), classifier_size=0,
-        target_class=CONCEPTS.index(SPURIOUS_CONCEPT), train_text_encoder=True, steps=c.steps,
+        classifier=CLASSIFIER_SPEC, classifier_weights=str(classifier_dir),
+        classifier_size=SPURIOUS_LAB["classifier_size"], target_class=CONCEPTS.index(SPURIOUS_CONCEPT),
+        train_text_encoder=True, steps=c.steps,
         batch_size=c.batch_size, lr=c.lr, rank=c.rank, alpha=float(c.rank), seed=c.seed,
         denoise_steps=c.denoise_steps, cfg=c.cfg, checkpoint_every=0,
     )

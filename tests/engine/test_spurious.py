@@ -12,13 +12,15 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from scoft_train.assets import AWNING_REFS_DIR, BIASLAB_CCUB_DIR, JUDGE_DIR, SPURIOUS_DIR, WORLD_DIR
+from scoft_train.assets import (
+    AWNING_REFS_DIR, BIASLAB_CCUB_DIR, JUDGE_DIR, SPURIOUS_CLASSIFIER_DIR, SPURIOUS_DIR, WORLD_DIR,
+)
 from scoft_train.biaslab.corpus import ccub_examples
 from scoft_train.biaslab.render import SceneSpec, render
 from scoft_train.biaslab.sfsl_lab import METRICS, TRAINED_ROWS
 from scoft_train.biaslab.spurious import (
-    CLASSIFIER_HEADS, ORACLE_HEADS, accuracy, classifier_labels, empty_specs, market_rate, oracle_labels, oracle_specs,
-    reference_specs, round_tripped, web_photo_specs,
+    CLASSIFIER_HEADS, ORACLE_HEADS, SPURIOUS_CONCEPT, accuracy, classifier_labels, empty_specs, market_rate,
+    oracle_labels, oracle_specs, reference_specs, round_tripped, web_photo_specs,
 )
 from scoft_train.biaslab.world import AWNING, CONCEPTS
 from scoft_train.cli import main
@@ -26,6 +28,7 @@ from scoft_train.judgenet import JudgeNet, load_judgenet
 from scoft_train.models import load_model
 from scoft_train.sfsl import SFSLConfig, load_classifier
 from scoft_train.sfsl.data import image_files
+from scoft_train.sfsl.presets import CLASSIFIER_SPEC, SPURIOUS_LAB
 
 
 def test_existing_scenes_render_exactly_as_before():
@@ -137,6 +140,16 @@ def test_shipped_references_are_the_awning_without_a_market():
     assert len(files) == 8
     for path, spec in zip(files, reference_specs(8)):
         assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), render(spec).image), path.name
+
+
+def test_sfsl_presets_name_the_world_market_and_the_shipped_classifier():
+    """The SFSL presets (methods floor, no lab import) agree with the lab's world and the shipped classifier."""
+    classifier = load_judgenet(SPURIOUS_CLASSIFIER_DIR)
+    concepts = classifier.labels[CLASSIFIER_SPEC.partition(":")[2]]
+    assert SPURIOUS_LAB["class_name"] == SPURIOUS_CONCEPT == concepts[SPURIOUS_LAB["target_class"]]
+    assert concepts == CONCEPTS
+    config = SFSLConfig.from_dict({**SPURIOUS_LAB, "classifier_weights": str(SPURIOUS_CLASSIFIER_DIR)})
+    assert config.class_prompt == "a photo of a market" and config.classifier == CLASSIFIER_SPEC
 
 
 def test_spurious_smoke_writes_loadable_networks(tmp_path):
