@@ -20,7 +20,6 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,12 +28,12 @@ from torch import nn
 
 from ..atomic import atomic_save_safetensors
 from ..models import ModelBundle
+from ..progress import OnStep
 from .encoder import LatentEncoder
 from .imagesets import ImageSource, encode_latents, load_image_set
 
 logger = logging.getLogger(__name__)
 
-OnStep = Callable[[int, int, dict], None]
 FORMAT = "scoft-rscorrector-prior"
 FAIR, STEREO = 0, 1
 EVAL_LEVELS = 10

@@ -14,15 +14,14 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Callable
 
 from ..atomic import atomic_save_image, atomic_write_text
+from ..progress import OnStep
 from ..sampling import sample
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "class_images.json"
-OnStep = Callable[[int, int, dict], None]
 
 
 def class_image_path(folder: Path, index: int) -> Path:
