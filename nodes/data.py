@@ -9,7 +9,7 @@ from ..scoft_train.data import DEFAULT_CULTURE_TERMS, load_ccub
 from ..scoft_train.images import dataset_preview
 from ..scoft_train.biaslab import BIASLAB_CCUB_DIR
 from ..scoft_train.sample_data import working_copy
-from .common import SCOFT_DATASET, SAMPLE, input_folder, tip
+from .common import CCUB_KIND, SCOFT_DATASET, SAMPLE, check_folder, dataset_choices, input_folder, tip
 
 logger = logging.getLogger(__name__)
 
@@ -19,9 +19,9 @@ PREVIEW_LIMIT = 16
 
 def resolve_folder(folder: str) -> Path:
     """'' or 'sample' = a working copy of the bias-lab CCUB folder shipped with the engine (made once
-    in ComfyUI's input dir, so negatives are never written into the package); relative =
-    under ComfyUI's input dir."""
-    return input_folder(folder, lambda base: working_copy(BIASLAB_CCUB_DIR, base / SAMPLE_COPY))
+    in ComfyUI's input dir, so negatives are never written into the package); otherwise a folder in a
+    `ccub` root or ComfyUI's input dir, resolved (symlinks followed) and refused if it lies outside."""
+    return input_folder(folder, lambda base: working_copy(BIASLAB_CCUB_DIR, base / SAMPLE_COPY), "folder")
 
 
 class LoadCCUBDataset:
@@ -44,10 +44,12 @@ class LoadCCUBDataset:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "folder": ("STRING", tip(
-                    "Dataset folder: an absolute path, or a path relative to ComfyUI's input folder. "
-                    f"Empty or '{SAMPLE}' = the bias-lab CCUB folder shipped with the engine, 100 images of five "
-                    f"invented cultures with depth maps (copied once to input/{SAMPLE_COPY}, where negatives go).",
+                "folder": (dataset_choices(), tip(
+                    f"Dataset folder, from the '{CCUB_KIND}' folders (ComfyUI/input/{CCUB_KIND}/ and any "
+                    f"'{CCUB_KIND}:' root in extra_model_paths.yaml); negatives are written into it. "
+                    f"'{SAMPLE}' = the bias-lab CCUB folder shipped with the engine, 100 images of five invented "
+                    f"cultures with depth maps (copied once to input/{SAMPLE_COPY}). Folders outside those roots "
+                    "are refused unless ComfyUI runs with SCOFT_ALLOW_ANY_PATH=1.",
                     default=SAMPLE,
                 )),
                 "culture_terms": ("STRING", tip(
@@ -63,6 +65,12 @@ class LoadCCUBDataset:
                 )),
             }
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, folder):
+        # Declaring `folder` here also lets older workflows' values (a folder relative to input/) pass the
+        # list check; this check confines them instead.
+        return check_folder(folder, "folder")
 
     def load(self, folder: str, culture_terms: str, resolution: int):
         root = resolve_folder(folder)

@@ -23,7 +23,10 @@ from ..scoft_train.negatives import (
     list_images,
 )
 from ..scoft_train.sampling import SCHEDULERS, to_pil
-from .common import SCOFT_DATASET, SCOFT_MODEL, SEED_MAX, progress_callback, tip
+from .common import (
+    ANNOTATORS_KIND, SCOFT_DATASET, SCOFT_MODEL, SEED_MAX, check_model_path, folder_roots, model_path,
+    progress_callback, tip, weight_folder_choices,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +70,15 @@ def cached_controlnet(choice: str, bundle):
     return controlnet
 
 
-def annotator_dir(text: str) -> Path:
-    """Absolute, or relative to ComfyUI's models folder (default: models/annotators)."""
-    import folder_paths
-
-    path = Path(text.strip() or ANNOTATORS_FOLDER).expanduser()
-    return path if path.is_absolute() else Path(folder_paths.models_dir) / path
+def annotator_dir(text: str, source: str | None = None) -> Path:
+    """'annotators' (or empty) = the first `annotators` root holding the files of depth estimator `source`
+    (else the first root); otherwise a folder in those roots, confined to them (symlinks followed)."""
+    text = (text or "").strip()
+    if text in ("", ANNOTATORS_FOLDER):
+        roots = folder_roots(ANNOTATORS_KIND)
+        files = DEPTH_MODELS[source].files if source in DEPTH_MODELS else ()
+        return next((root for root in roots if files and all((root / f).is_file() for f in files)), roots[0])
+    return model_path("annotator_dir", text, ANNOTATORS_KIND)
 
 
 def depth_provider(source: str, dataset, annotators: str, depth_images, device):
@@ -82,7 +88,7 @@ def depth_provider(source: str, dataset, annotators: str, depth_images, device):
         if depth_images is None:
             raise ValueError(f"depth_source '{IMAGE_DEPTH}' needs the depth_images input connected")
         return depth_from_images(to_pil(depth_images.cpu()), len(list_images(dataset.root)))
-    return depth_from_estimator(load_depth_estimator(source, annotator_dir(annotators), device))
+    return depth_from_estimator(load_depth_estimator(source, annotator_dir(annotators, source), device))
 
 
 class GenerateSCoFTNegatives:
@@ -117,10 +123,12 @@ class GenerateSCoFTNegatives:
                     "otherwise a controlnet_aux estimator whose weights are in annotator_dir.",
                     default=DATASET_DEPTH,
                 )),
-                "annotator_dir": ("STRING", tip(
-                    "Folder with the depth estimator's weight files (e.g. dpt_hybrid-midas-501f0c75.pt): absolute, "
-                    f"or relative to ComfyUI's models folder. Empty = models/{ANNOTATORS_FOLDER}. Nothing is "
-                    "downloaded.",
+                "annotator_dir": ([ANNOTATORS_FOLDER, *weight_folder_choices(ANNOTATORS_KIND)], tip(
+                    "Folder with the depth estimator's weight files (e.g. dpt_hybrid-midas-501f0c75.pt), from the "
+                    f"'{ANNOTATORS_KIND}' folders (models/{ANNOTATORS_KIND} and any '{ANNOTATORS_KIND}:' root in "
+                    f"extra_model_paths.yaml). '{ANNOTATORS_FOLDER}' = the first of those roots holding the chosen "
+                    "estimator's files; the others are sub-folders holding weight files. Folders outside those roots "
+                    "are refused unless ComfyUI runs with SCOFT_ALLOW_ANY_PATH=1. Nothing is downloaded.",
                     default=ANNOTATORS_FOLDER,
                 )),
                 "k": ("INT", tip("Negatives per image (1..16).", default=2, min=1, max=16)),
@@ -144,6 +152,11 @@ class GenerateSCoFTNegatives:
                 "depth_images": ("IMAGE", tip(f"Depth maps from any depth node, used when depth_source is '{IMAGE_DEPTH}'.")),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, annotator_dir):
+        # Listed here so this input is confined by this check (not only by the list).
+        return check_model_path("annotator_dir", annotator_dir, ANNOTATORS_KIND, ("", ANNOTATORS_FOLDER))
 
     def generate(self, model, controlnet, dataset, depth_source, annotator_dir, k, seed, steps, cfg,
                  conditioning_scale, control_end, batch_size, scheduler, depth_images=None):

