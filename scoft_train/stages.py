@@ -10,12 +10,13 @@ from typing import Callable
 from .config import TrainConfig
 from .grid import compare_grid, save_grid
 from .plot import plot_losses, save_history_json
-from .sampling import sample
+from .progress import OnStep
+from .sampling import sample_tensor, to_pil
 from .trainer import SCoFTTrainer
 
 log = logging.getLogger(__name__)
 
-OnStep = Callable[[int, int, dict], None]
+GRID_CELL = 128  # px: comparison cells of small models are enlarged (nearest neighbour) to at least this
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,30 @@ def compare(
     lora_strength: float = 1.0,
     labels: tuple[str, str] = ("baseline", "SCoFT"),
     on_step: OnStep | None = None,
+    seeds_per_prompt: int = 1,
+    extra_strengths: tuple[float, ...] = (),
+    scorer: Callable | None = None,
     **sampling,
 ) -> Path:
-    """Baseline vs LoRA images from the same seeds, as one labelled grid PNG (rows = prompts)."""
-    baseline = sample(bundle, prompts, seed, on_step=on_step, **sampling)
-    tuned = sample(bundle, prompts, seed, lora_path=lora_path, lora_strength=lora_strength, on_step=on_step, **sampling)
-    return save_grid(compare_grid({labels[0]: baseline, labels[1]: tuned}, prompts), out_path)
+    """Baseline vs LoRA images from the same seeds, as one labelled grid PNG: rows = prompts,
+    `seeds_per_prompt` samples each (image i of the prompt-major list starts from seed + i),
+    one more column per `extra_strengths` value (e.g. (0.5,)) between baseline and LoRA.
+    `scorer(prompts, images [N, H, W, 3] in 0..1) -> [grid.Mark | None] * N` marks each cell.
+    Model, LoRA, strengths, prompts, seeds and sampling settings go into the PNG's metadata."""
+    rows = [prompt for prompt in prompts for _ in range(seeds_per_prompt)]
+    strengths = {labels[0]: 0.0, **{f"LoRA {s:g}": s for s in extra_strengths}, labels[1]: lora_strength}
+    columns, marks = {}, {}
+    for label, strength in strengths.items():
+        pixels = sample_tensor(bundle, rows, seed, lora_path=lora_path if label != labels[0] else None,
+                               lora_strength=strength, on_step=on_step, **sampling)
+        columns[label] = to_pil(pixels)
+        if scorer is not None:
+            marks[label] = scorer(rows, pixels)
+    parameters = {
+        "model": bundle.source, "lora": str(lora_path), "strengths": strengths,
+        "prompts": prompts, "seeds": [[seed + p * seeds_per_prompt + j for j in range(seeds_per_prompt)]
+                                      for p in range(len(prompts))],
+        **sampling,
+    }
+    grid = compare_grid(columns, prompts, marks=marks or None, per_row=seeds_per_prompt, min_cell=GRID_CELL)
+    return save_grid(grid, out_path, parameters)
