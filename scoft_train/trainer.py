@@ -29,6 +29,8 @@ import torch
 from diffusers.optimization import get_scheduler
 
 from . import checkpoint as ckpt
+from . import runfolder
+from .atomic import DiskFullError
 from .config import LOSS_NAMES, TrainConfig
 from .features import FeatureDistance, build_feature_distance
 from .generation import denoise_to_latent
@@ -61,6 +63,7 @@ class SCoFTTrainer:
         )
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
+        self.resumed_from: Path | None = None
         self.history: list[dict] = []
         self.timings: dict[str, float] = defaultdict(float)
         self.profile = False
@@ -308,8 +311,18 @@ class SCoFTTrainer:
 
         An exception raised by on_step (e.g. a host's interrupt) or by the step itself
         saves a checkpoint of the last completed step before propagating, so training
-        resumes exactly from there. A non-finite loss saves nothing new.
+        resumes exactly from there. A non-finite loss or a full disk saves nothing new.
+        With an output folder, the run holds its lock throughout and a fresh start is
+        refused where checkpoints already are (runfolder.py).
         """
+        if self.output_dir is None:
+            return self._train_loop(on_step)
+        with runfolder.claim(self.output_dir, clean=(self.checkpoint_dir,)):
+            if self.step == 0 and self.resumed_from is None:
+                runfolder.refuse_fresh_start(self.checkpoint_dir, self.run_identity())
+            return self._train_loop(on_step)
+
+    def _train_loop(self, on_step: OnStep | None) -> list[dict]:
         c = self.config
         saved_at = self.step
         try:
@@ -321,14 +334,23 @@ class SCoFTTrainer:
                     saved_at = self.step
                 if on_step is not None:
                     on_step(self.step, c.steps, logs)
-        except NonFiniteLossError:
+        except (NonFiniteLossError, DiskFullError):
             raise
         except BaseException:
             if self.checkpoint_dir and self.step > saved_at:
-                path = self.save_checkpoint()
-                log.warning("training interrupted at step %d; checkpoint saved to %s", self.step, path)
+                self._save_on_interrupt()
             raise
         return self.history
+
+    def _save_on_interrupt(self) -> None:
+        """Checkpoint the last completed step while an exception propagates; a failed save
+        is logged, so the original exception stays the one raised."""
+        try:
+            path = self.save_checkpoint()
+        except OSError as error:
+            log.error("training interrupted at step %d; its checkpoint was not saved: %s", self.step, error)
+        else:
+            log.warning("training interrupted at step %d; checkpoint saved to %s", self.step, path)
 
     # ------------------------------------------------------------- persistence
     def training_state(self) -> ckpt.TrainingState:
@@ -340,8 +362,16 @@ class SCoFTTrainer:
             lr_scheduler=self.lr_scheduler.state_dict(),
             rng={"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
             history=self.history,
-            config=self.config.to_dict(),
+            identity=self.run_identity(),
         )
+
+    def run_identity(self) -> ckpt.RunIdentity:
+        """This run's settings, base model and datasets, as recorded in every checkpoint."""
+        return ckpt.RunIdentity(self.config.to_dict(), self.bundle.fingerprint, self._dataset_fingerprints())
+
+    def _dataset_fingerprints(self) -> dict[str, str]:
+        """{name: fingerprint} of the data trained on; subclasses add their other datasets."""
+        return {"dataset": getattr(self.dataset, "fingerprint", ckpt.UNRECORDED)}
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         if path is None:
@@ -350,31 +380,27 @@ class SCoFTTrainer:
             path = ckpt.checkpoint_path(self.checkpoint_dir, self.step)
         ckpt.save_checkpoint(Path(path), self.training_state())
         if self.checkpoint_dir is not None and Path(path).parent == self.checkpoint_dir:
-            ckpt.rotate_checkpoints(self.checkpoint_dir, self.config.checkpoint_limit)
+            ckpt.rotate_checkpoints(self.checkpoint_dir, self.config.checkpoint_limit, self.run_identity())
         log.info("checkpoint at step %d: %s", self.step, path)
         return Path(path)
 
     def resume(self, path: str | Path | None = None) -> int:
-        """Restore LoRA, optimizer, schedule, RNG and history; `path` None = latest in output_dir."""
+        """Restore LoRA, optimizer, schedule, RNG and history; `path` None = the newest intact
+        checkpoint in output_dir. Refused, naming what differs, unless the checkpoint records
+        this run's identity (settings but steps and checkpoint cadence, base model, datasets)."""
         if path is None:
-            found = ckpt.list_checkpoints(self.checkpoint_dir) if self.checkpoint_dir else []
-            if not found:
-                raise FileNotFoundError(f"no checkpoint to resume from in {self.checkpoint_dir}")
-            path = found[-1]
-        state = ckpt.load_checkpoint(path)
-        ignored = {"steps", "checkpoint_every", "checkpoint_limit"}
-        changed = sorted(
-            k for k, v in state.config.items()
-            if k not in ignored and _jsonable(self.config.to_dict().get(k)) != _jsonable(v)
-        )
-        if changed:
-            raise ValueError(f"{path}: was trained with different settings ({', '.join(changed)}); resume needs the same")
+            if self.checkpoint_dir is None:
+                raise ValueError("no output_dir: pass a checkpoint path to resume from")
+            path, state = ckpt.latest_checkpoint(self.checkpoint_dir, self.run_identity())
+        else:
+            state = ckpt.load_checkpoint(path)
+            ckpt.check_same_run(Path(path), state.identity, self.run_identity())
         self._load_lora_state(state.lora)
         self.optimizer.load_state_dict(state.optimizer)
         self.lr_scheduler.load_state_dict(state.lr_scheduler)
         self.generator.set_state(state.rng["generator"])
         torch.set_rng_state(state.rng["torch"])
-        self.step, self.history = state.step, state.history
+        self.step, self.history, self.resumed_from = state.step, state.history, Path(path)
         log.info("resumed from %s at step %d", path, self.step)
         return self.step
 
@@ -413,8 +439,3 @@ class SCoFTTrainer:
     def export_lora(self, path: str | Path) -> Path:
         """The kohya-format LoRA (.safetensors, real alpha, training metadata)."""
         return export_kohya(self.unet, Path(path), self.lora_metadata(), rank=self.config.rank, alpha=self.config.alpha)
-
-
-def _jsonable(value):
-    """The value as JSON would give it back (tuples become lists)."""
-    return json.loads(json.dumps(value))
