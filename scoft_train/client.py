@@ -11,15 +11,27 @@ downloads every image it produced::
 (``_meta.title``), VALUE is parsed as JSON when it parses (``20``, ``1.5``,
 ``true``, ``[1, 0]``) and taken as a string otherwise.
 
-Exit codes: 0 success; 1 the server rejected the prompt or a node failed;
-2 bad command line or workflow file; 3 server unreachable; 4 timeout.
+Exit codes: 0 success; 1 the server rejected the prompt (or part of it) or a node
+failed; 2 bad command line or workflow file; 3 server unreachable; 4 no sign of
+progress for ``--timeout`` seconds.
+
+A prompt the server accepts only in part (HTTP 200, but some output nodes failed
+validation and would be dropped) is cancelled and reported, naming each output node
+that would not run and why, unless ``--allow-partial`` asks to run the rest.
+
+``--timeout`` is a limit on silence, not on total time: the client waits as long as
+the server reports progress (a node starts or finishes, a progress step) and gives up,
+cancelling the prompt, after that many seconds without any. While the prompt waits in
+the queue behind another one that is running, it keeps waiting.
 
 Function API, used by the CLI and the tests::
 
-    run_workflow(prompt, server, out_dir, timeout=600.0) -> list[Path]
+    run_workflow(prompt, server, out_dir, timeout=600.0, allow_partial=False) -> list[Path]
 
 Progress comes over the server's websocket (``/ws``) when the ``websocket-client``
-package is installed and the socket opens, otherwise by polling ``/history``.
+package is installed and the socket opens, otherwise by polling ``/history`` and
+``/queue``; polling cannot see progress steps, so there ``--timeout`` counts from the
+last change of the prompt's place in the queue.
 Standard library plus that one optional package; nothing from ComfyUI or torch.
 """
 
@@ -41,7 +53,7 @@ from typing import Any
 logger = logging.getLogger("scoft_train.client")
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"
-DEFAULT_TIMEOUT = 600.0
+DEFAULT_TIMEOUT = 600.0  # seconds without any progress from the server
 _HTTP_TIMEOUT = 30.0
 _POLL_INTERVAL = 0.5
 
@@ -68,11 +80,23 @@ class PromptRejected(ClientError):
     """The server refused the prompt (validation: /prompt answered 400)."""
 
 
+class PromptPartlyRejected(PromptRejected):
+    """The server accepted the prompt (HTTP 200) but dropped output nodes that failed validation.
+
+    ``skipped`` holds the ids of the output nodes that would not run."""
+
+    def __init__(self, message: str, skipped: list[str]):
+        super().__init__(message)
+        self.skipped = skipped
+
+
 class ExecutionFailed(ClientError):
     """A node raised while the prompt ran, or the run was interrupted."""
 
 
 class WorkflowTimeout(ClientError):
+    """No sign of progress for the silence limit (``timeout``); the prompt was cancelled."""
+
     exit_code = EXIT_TIMEOUT
 
 
@@ -207,6 +231,45 @@ def format_node_errors(response: Mapping[str, Any], prompt: Mapping[str, Any]) -
     return "\n".join(lines) or json.dumps(response)
 
 
+def _node_label(node_id: str, prompt: Mapping[str, Any]) -> str:
+    node = prompt.get(str(node_id), {})
+    class_type = node.get("class_type", "?")
+    title = (node.get("_meta") or {}).get("title")
+    return f"node {node_id} ({class_type}" + (f", {title!r})" if title and title != class_type else ")")
+
+
+def _upstream(prompt: Mapping[str, Any], node_id: str) -> set[str]:
+    """`node_id` and every node it reads from, following links ([node_id, slot] inputs)."""
+    seen, todo = set(), [str(node_id)]
+    while todo:
+        current = todo.pop()
+        if current in seen or current not in prompt:
+            continue
+        seen.add(current)
+        for value in (prompt[current].get("inputs") or {}).values():
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
+                todo.append(str(value[0]))
+    return seen
+
+
+def skipped_outputs(node_errors: Mapping[str, Any], prompt: Mapping[str, Any],
+                    object_info: Mapping[str, Any]) -> dict[str, list[str]]:
+    """{output node id: [ids of the failed nodes it depends on]} for a /prompt answer's node_errors.
+
+    ComfyUI lists the dropped outputs of each failed node in `dependent_outputs`; older or other
+    servers may not, so outputs (OUTPUT_NODE classes) that read from a failed node count too."""
+    skipped: dict[str, list[str]] = {}
+    for failed, entry in node_errors.items():
+        for output in entry.get("dependent_outputs") or []:
+            skipped.setdefault(str(output), []).append(str(failed))
+    outputs = [nid for nid, node in prompt.items() if (object_info.get(node["class_type"]) or {}).get("output_node")]
+    for output in outputs:
+        for failed in node_errors:
+            if str(failed) in _upstream(prompt, output) and str(failed) not in skipped.get(output, []):
+                skipped.setdefault(output, []).append(str(failed))
+    return dict(sorted(skipped.items(), key=lambda item: (len(item[0]), item[0])))
+
+
 def format_execution_error(data: Mapping[str, Any]) -> str:
     """Readable text for an execution_error / execution_interrupted message."""
     node = f"node {data.get('node_id', '?')} ({data.get('node_type', '?')})"
@@ -222,7 +285,7 @@ def format_execution_error(data: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------------ running
 
 
-def _check_node_types(server: _Server, prompt: Mapping[str, Any]) -> None:
+def _check_node_types(server: _Server, prompt: Mapping[str, Any]) -> dict[str, Any]:
     try:
         known = server.get_json("/object_info")
     except urllib.error.HTTPError as exc:
@@ -235,9 +298,11 @@ def _check_node_types(server: _Server, prompt: Mapping[str, Any]) -> None:
             "suite that provides it (for SCoFT nodes: link this repo into ComfyUI/custom_nodes) "
             "and check the server log for import errors"
         )
+    return known
 
 
-def _queue(server: _Server, prompt: Mapping[str, Any], client_id: str) -> str:
+def _queue(server: _Server, prompt: Mapping[str, Any], client_id: str) -> tuple[str, dict[str, Any]]:
+    """Post the prompt; returns its id and the node_errors of a partly accepted prompt (empty if none)."""
     try:
         answer = server.post_json("/prompt", {"prompt": prompt, "client_id": client_id})
     except urllib.error.HTTPError as exc:
@@ -247,10 +312,62 @@ def _queue(server: _Server, prompt: Mapping[str, Any], client_id: str) -> str:
         except json.JSONDecodeError:
             raise PromptRejected(f"/prompt answered HTTP {exc.code}: {body.strip()[:2000]}") from None
         raise PromptRejected(format_node_errors(parsed, prompt)) from None
-    for node_id, entry in (answer.get("node_errors") or {}).items():
-        # Outputs that failed validation are dropped while the rest runs: say so.
-        logger.warning("%s", format_node_errors({"node_errors": {node_id: entry}}, prompt))
-    return answer["prompt_id"]
+    return answer["prompt_id"], answer.get("node_errors") or {}
+
+
+def _partial_report(node_errors: Mapping[str, Any], prompt: Mapping[str, Any],
+                    object_info: Mapping[str, Any]) -> tuple[str, list[str]]:
+    skipped = skipped_outputs(node_errors, prompt, object_info)
+    lines = [f"{_node_label(output, prompt)} did not run: it depends on "
+             + ", ".join(_node_label(failed, prompt) for failed in failed_nodes)
+             + ", which failed validation" for output, failed_nodes in skipped.items()]
+    if not skipped:
+        lines.append("some nodes failed validation, though no output depends on them")
+    return "\n".join([*lines, format_node_errors({"node_errors": node_errors}, prompt)]), list(skipped)
+
+
+class _Silence:
+    """The silence limit: how long since the last sign of progress, and what that sign was."""
+
+    def __init__(self, limit: float):
+        self.limit = limit
+        self.poke("queued")
+
+    def poke(self, what: str) -> None:
+        self.last, self.what = time.monotonic(), what
+
+    def expired(self) -> bool:
+        return time.monotonic() - self.last > self.limit
+
+
+def _queue_place(server: _Server, prompt_id: str) -> str | None:
+    """'running', 'waiting behind N prompts' (one of them running), 'pending (nothing running)', or None
+    (not in the queue any more)."""
+    queue = server.get_json("/queue")
+    running = [item[1] for item in queue.get("queue_running", [])]
+    pending = [item[1] for item in sorted(queue.get("queue_pending", []), key=lambda item: item[0])]
+    if prompt_id in running:
+        return "running"
+    if prompt_id in pending:
+        if not running:
+            return "pending (nothing running)"
+        return f"waiting behind {len(running) + pending.index(prompt_id)} prompts"
+    return None
+
+
+def _check_silence(server: _Server, prompt_id: str, silence: _Silence) -> None:
+    """Raise TimeoutError once the silence limit passed, unless the prompt waits behind a running one."""
+    if not silence.expired():
+        return
+    try:
+        place = _queue_place(server, prompt_id)
+    except (ClientError, urllib.error.HTTPError, ValueError):
+        place = None
+    if place and place.startswith("waiting behind"):
+        logger.info("prompt %s is %s; still waiting", prompt_id, place)
+        silence.poke(place)
+        return
+    raise TimeoutError
 
 
 def _open_websocket(server: _Server, client_id: str):
@@ -269,15 +386,17 @@ def _open_websocket(server: _Server, client_id: str):
     return ws
 
 
-def _follow_websocket(ws, prompt_id: str, prompt: Mapping[str, Any], deadline: float) -> None:
-    """Log progress until our prompt finishes; returns early (caller polls) if the socket drops."""
+def _follow_websocket(ws, server: _Server, prompt_id: str, prompt: Mapping[str, Any], silence: _Silence) -> None:
+    """Log progress until our prompt finishes; returns early (caller polls) if the socket drops.
+    Every message about our prompt resets the silence limit; TimeoutError when it passes."""
     import websocket
 
     def label(node_id: Any) -> str:
         return f"node {node_id} ({prompt.get(str(node_id), {}).get('class_type', '?')})"
 
     last_pct: dict[Any, int] = {}
-    while time.monotonic() < deadline:
+    while True:
+        _check_silence(server, prompt_id, silence)
         try:
             message = ws.recv()
         except websocket.WebSocketTimeoutException:
@@ -294,6 +413,11 @@ def _follow_websocket(ws, prompt_id: str, prompt: Mapping[str, Any], deadline: f
         kind, data = event.get("type"), event.get("data") or {}
         if data.get("prompt_id") not in (None, prompt_id):
             continue
+        if kind in ("execution_start", "execution_cached", "executing", "progress", "executed"):
+            node = data.get("node")
+            silence.poke(f"{kind} {label(node)}" if node is not None else kind)
+            if kind == "progress":
+                silence.what += f" {data.get('value', 0)}/{data.get('max', '?')}"
         if kind == "execution_start":
             logger.info("prompt %s started", prompt_id)
         elif kind == "execution_cached" and data.get("nodes"):
@@ -317,7 +441,9 @@ def _follow_websocket(ws, prompt_id: str, prompt: Mapping[str, Any], deadline: f
             return
 
 
-def _wait_history(server: _Server, prompt_id: str, deadline: float) -> dict[str, Any]:
+def _wait_history(server: _Server, prompt_id: str, silence: _Silence) -> dict[str, Any]:
+    """Poll /history until the prompt's entry appears; a change of its place in /queue counts as progress."""
+    place = None
     while True:
         try:
             entry = server.get_json(f"/history/{prompt_id}").get(prompt_id)
@@ -326,8 +452,14 @@ def _wait_history(server: _Server, prompt_id: str, deadline: float) -> dict[str,
         # An entry appears once the prompt has finished, successfully or not.
         if entry:
             return entry
-        if time.monotonic() >= deadline:
-            raise TimeoutError
+        try:
+            now = _queue_place(server, prompt_id)
+        except (urllib.error.HTTPError, ValueError):
+            now = place
+        if now != place:
+            place = now
+            silence.poke(f"queue: {now}")
+        _check_silence(server, prompt_id, silence)
         time.sleep(_POLL_INTERVAL)
 
 
@@ -341,6 +473,11 @@ def _cancel(server: _Server, prompt_id: str) -> None:
             server.post_json("/interrupt", {"prompt_id": prompt_id})
     except (ClientError, urllib.error.HTTPError, ValueError) as exc:
         logger.warning("could not cancel prompt %s: %s", prompt_id, exc)
+
+
+def _silence_message(prompt_id: str, silence: _Silence) -> str:
+    return (f"prompt {prompt_id}: no progress from the server for {silence.limit:g} s (last: {silence.what}); it was "
+            "cancelled. Raise --timeout if a node may work that long without reporting progress")
 
 
 def _history_error(entry: Mapping[str, Any]) -> str | None:
@@ -370,33 +507,53 @@ def run_workflow(
     out_dir: str | Path = "outputs/client",
     timeout: float = DEFAULT_TIMEOUT,
     client_id: str | None = None,
+    allow_partial: bool = False,
 ) -> list[Path]:
     """Queue ``prompt`` on ``server``, wait for it, download its images into ``out_dir``.
 
+    ``timeout`` is the silence limit: seconds without any progress from the server (a node
+    starting or finishing, a progress step), not a limit on the total time.
+
     Returns the written paths in history order. Raises PromptRejected (validation),
-    ExecutionFailed (a node raised / interrupted), WorkflowTimeout (after ``timeout``
-    seconds; the prompt is then removed from the queue or interrupted) or
-    ServerUnreachable.
+    PromptPartlyRejected (the server dropped some output nodes; the prompt is cancelled unless
+    ``allow_partial``), ExecutionFailed (a node raised / interrupted), WorkflowTimeout (no
+    progress for ``timeout`` seconds; the prompt is then removed from the queue or interrupted)
+    or ServerUnreachable.
     """
     srv = _Server(server)
     client_id = client_id or uuid.uuid4().hex
-    deadline = time.monotonic() + timeout
-    _check_node_types(srv, prompt)
+    object_info = _check_node_types(srv, prompt)
 
     ws = _open_websocket(srv, client_id)  # opened before queueing so no message is missed
+    silence = _Silence(timeout)
     try:
-        prompt_id = _queue(srv, prompt, client_id)
+        prompt_id, node_errors = _queue(srv, prompt, client_id)
         logger.info("queued prompt %s on %s (%d nodes)", prompt_id, srv.url, len(prompt))
+        if node_errors:
+            report, skipped = _partial_report(node_errors, prompt, object_info)
+            if not allow_partial:
+                _cancel(srv, prompt_id)
+                raise PromptPartlyRejected(
+                    f"the server accepted only part of the prompt:\n{report}\nprompt {prompt_id} was cancelled; fix "
+                    "those inputs, or pass --allow-partial to run the outputs that passed validation", skipped)
+            logger.warning("running only part of the prompt (--allow-partial):\n%s", report)
         if ws is not None:
-            _follow_websocket(ws, prompt_id, prompt, deadline)
+            try:
+                _follow_websocket(ws, srv, prompt_id, prompt, silence)
+            except TimeoutError:
+                _cancel(srv, prompt_id)
+                raise WorkflowTimeout(_silence_message(prompt_id, silence)) from None
+        else:
+            logger.warning("without the websocket, progress steps are not visible: --timeout counts from the last "
+                           "change of the prompt's place in the queue (install websocket-client to follow progress)")
     finally:
         if ws is not None:
             ws.close()
     try:
-        entry = _wait_history(srv, prompt_id, deadline)
+        entry = _wait_history(srv, prompt_id, silence)
     except TimeoutError:
         _cancel(srv, prompt_id)
-        raise WorkflowTimeout(f"prompt {prompt_id} did not finish within {timeout:g} s; it was cancelled") from None
+        raise WorkflowTimeout(_silence_message(prompt_id, silence)) from None
 
     error = _history_error(entry)
     if error:
@@ -431,7 +588,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
         help="override an input; NODE is a node id or _meta.title, VALUE is JSON or a plain string (repeatable)",
     )
-    run.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for the run (default %(default)s)")
+    run.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+        help="give up (and cancel the prompt) after this many seconds without any progress from the server: no "
+             "node started or finished, no progress step. Not a limit on the total time: a run that keeps "
+             "reporting progress is waited for however long it takes (default %(default)g)",
+    )
+    run.add_argument(
+        "--allow-partial", action="store_true",
+        help="when the server accepts the prompt but drops output nodes that failed validation, run the rest "
+             "(default: cancel it and exit 1, naming each output node that would not run)",
+    )
     run.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     return parser
 
@@ -441,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     try:
         prompt = apply_overrides(load_prompt(args.workflow), args.overrides)
-        paths = run_workflow(prompt, args.server, args.out, timeout=args.timeout)
+        paths = run_workflow(prompt, args.server, args.out, timeout=args.timeout, allow_partial=args.allow_partial)
     except ClientError as exc:
         logger.error("%s", exc)
         return exc.exit_code

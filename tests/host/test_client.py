@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import math
+import os
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
@@ -13,6 +17,7 @@ import pytest
 from PIL import Image
 
 from scoft_train import client
+from scoft_train.biaslab import BIASLAB_CCUB_DIR
 
 from .helpers import FIXTURES, REPO_ROOT, free_port
 
@@ -156,9 +161,139 @@ def test_timeout_cancels_the_queued_prompt(tmp_path, monkeypatch):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        with pytest.raises(client.WorkflowTimeout, match="did not finish within 0.5 s"):
+        with pytest.raises(client.WorkflowTimeout, match="no progress from the server for 0.5 s"):
             client.run_workflow(json.loads(OK_PROMPT.read_text()), url, tmp_path, timeout=0.5)
     finally:
         server.shutdown()
         server.server_close()
     assert ("POST", "/queue", b'{"delete": ["p1"]}') in _StuckServer.calls
+
+
+# ------------------------------------------------------------- partly accepted prompts
+
+
+def partial_prompt() -> dict:
+    """Two outputs; the second reads from an EmptyImage of width 0, so it fails validation while the
+    first passes: ComfyUI answers HTTP 200 with node_errors and would run only the first."""
+    prompt = json.loads(OK_PROMPT.read_text())
+    prompt["2"]["inputs"]["filename_prefix"] = "partial_ok"
+    prompt["3"] = {"class_type": "EmptyImage", "inputs": {"width": 0, "height": 8, "batch_size": 1, "color": 0},
+                   "_meta": {"title": "Broken canvas"}}
+    prompt["4"] = {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "partial_bad"},
+                   "_meta": {"title": "Second save"}}
+    return prompt
+
+
+def test_partly_accepted_prompt_fails_and_names_the_dropped_outputs(comfy_host, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli(str(write_prompt(tmp_path, partial_prompt())), "--server", comfy_host.url, "--out", str(out))
+    assert result.returncode == client.EXIT_FAILED, result.stderr
+    assert "accepted only part of the prompt" in result.stderr, result.stderr
+    assert "node 4 (SaveImage, 'Second save') did not run" in result.stderr, result.stderr
+    assert "node 3 (EmptyImage, 'Broken canvas')" in result.stderr and "smaller than min" in result.stderr
+    assert "node 2 (SaveImage" not in result.stderr.split("accepted only part")[1].split("was cancelled")[0]
+    assert "--allow-partial" in result.stderr
+    assert result.stdout == "" and not out.exists()  # nothing downloaded, nothing claimed
+
+
+def test_allow_partial_runs_the_outputs_that_passed(comfy_host, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli(str(write_prompt(tmp_path, partial_prompt())), "--server", comfy_host.url, "--out", str(out),
+                     "--allow-partial")
+    assert result.returncode == 0, result.stderr
+    assert "node 4 (SaveImage, 'Second save') did not run" in result.stderr  # still said, as a warning
+    written = sorted(out.iterdir())
+    assert len(written) == 2 and all(p.name.startswith("partial_ok") for p in written), written
+
+
+def test_skipped_outputs_follow_links_when_the_server_does_not_list_them():
+    prompt = partial_prompt()
+    info = {"EmptyImage": {"output_node": False}, "SaveImage": {"output_node": True}}
+    errors = {"3": {"errors": [{"message": "Value 0 smaller than min of 1", "details": "width"}]}}
+    assert client.skipped_outputs(errors, prompt, info) == {"4": ["3"]}
+
+
+# ------------------------------------------------------------------- silence limit
+
+
+def sampler_prompt(steps: int, seed: int) -> dict:
+    """The embedded tiny model sampling one image: SCoFT Sampler reports every step as progress."""
+    return {
+        "1": {"class_type": "SCoFTLoadModel", "inputs": {"model": "default", "config": "auto",
+                                                         "prediction_type": "auto", "dtype": "float32", "device": "auto"}},
+        "2": {"class_type": "SCoFTSampler", "inputs": {"model": ["1", 0], "prompts": "a house", "negative_prompt": "",
+                                                       "seed": seed, "steps": steps, "cfg": 5.0, "scheduler": "ddim",
+                                                       "width": 0, "height": 0}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
+    }
+
+
+def test_run_longer_than_the_silence_limit_finishes_while_progress_comes(comfy_host, tmp_path):
+    # Measure this machine's step time first (this also loads and caches the model), then pick a
+    # silence limit a few steps long and a run three times that long.
+    started = time.monotonic()
+    client.run_workflow(sampler_prompt(steps=3, seed=1), comfy_host.url, tmp_path / "warm", timeout=300)
+    per_step = (time.monotonic() - started) / 3
+    limit = max(1.0, 3 * per_step)
+    steps = math.ceil(3 * limit / per_step)
+
+    started = time.monotonic()
+    paths = client.run_workflow(sampler_prompt(steps=steps, seed=2), comfy_host.url, tmp_path / "long", timeout=limit)
+    elapsed = time.monotonic() - started
+    assert len(paths) == 1
+    assert elapsed > 1.5 * limit, (elapsed, limit, steps)  # it outlived the limit because progress kept coming
+
+
+def feed_until_idle(host, fifo) -> None:
+    """Write a PNG into the pipe for every reader until the server's queue is empty."""
+    png = (BIASLAB_CCUB_DIR / "images" / "velmora_house_0.png").read_bytes()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as error:
+            if error.errno != errno.ENXIO:
+                raise
+            if host.get_json("/queue") == {"queue_running": [], "queue_pending": []}:
+                break
+            time.sleep(0.1)
+            continue
+        os.set_blocking(fd, True)
+        try:
+            os.write(fd, png)
+        except BrokenPipeError:
+            pass
+        finally:
+            os.close(fd)
+    assert host.get_json("/queue") == {"queue_running": [], "queue_pending": []}, host.log_tail()
+
+
+@pytest.fixture
+def stalled_input(comfy_host):
+    """input/stall_<n>.png as a named pipe: ComfyUI's LoadImage blocks reading it and sends nothing,
+    as on a hung network drive. Afterwards the pipe is fed until the server is idle again."""
+    fifo = comfy_host.root / "input" / f"stall_{os.getpid()}.png"
+    os.mkfifo(fifo)
+    try:
+        yield fifo
+    finally:
+        feed_until_idle(comfy_host, fifo)
+        fifo.unlink()
+
+
+def test_stalled_run_times_out_after_the_silence_limit_and_is_cancelled(comfy_host, stalled_input, tmp_path):
+    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": stalled_input.name}},
+              "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    started = time.monotonic()
+    result = run_cli(str(write_prompt(tmp_path, prompt)), "--server", comfy_host.url, "--out", str(tmp_path / "x"),
+                     "--timeout", "3")
+    elapsed = time.monotonic() - started
+    assert result.returncode == client.EXIT_TIMEOUT, result.stderr
+    assert "no progress from the server for 3 s" in result.stderr and "it was cancelled" in result.stderr
+    assert elapsed < 60, elapsed
+    prompt_id = result.stderr.split("queued prompt ")[1].split()[0]
+    queue = comfy_host.get_json("/queue")
+    assert [item[1] for item in queue["queue_running"]] == [prompt_id]  # still blocked in the pipe...
+    feed_until_idle(comfy_host, stalled_input)
+    status = comfy_host.get_json("/history/" + prompt_id)[prompt_id]["status"]
+    assert "execution_interrupted" in [kind for kind, _ in status["messages"]], status  # ...and cancelled

@@ -36,7 +36,7 @@ def small_dataset(tmp_path, images: int = 3):
 
 
 def test_negatives_node_writes_and_lists_negatives(comfy_host, tmp_path):
-    folder, entries = small_dataset(tmp_path)
+    folder, entries = small_dataset(comfy_host.root / "input" / "ccub" / tmp_path.name)  # inside a ccub root
     originals = {e["file_name"]: (folder / e["file_name"]).read_bytes() for e in entries}
     (preview,) = client.run_workflow(negatives_prompt(folder, k=2), comfy_host.url, tmp_path / "out", timeout=180)
     with Image.open(preview) as grid:
@@ -60,7 +60,7 @@ def test_negatives_node_writes_and_lists_negatives(comfy_host, tmp_path):
 
 
 def test_negatives_node_needs_depth_images_when_asked(comfy_host, tmp_path):
-    folder, _ = small_dataset(tmp_path, images=1)
+    folder, _ = small_dataset(comfy_host.root / "input" / "ccub" / tmp_path.name, images=1)
     before = (folder / "metadata.jsonl").read_bytes()
     try:
         client.run_workflow(negatives_prompt(folder, depth_source="depth_images input"), comfy_host.url,

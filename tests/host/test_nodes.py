@@ -125,14 +125,14 @@ def test_custom_node_imported_without_error(comfy_host):
 
 
 def test_broken_dataset_path_is_reported_and_server_keeps_serving(comfy_host, tmp_path):
-    missing = tmp_path / "no_such_ccub_folder"
+    missing = "no_such_ccub_folder"  # a name in no ccub root: refused when the prompt is validated
     prompt = finetune_prompt()
-    prompt["2"]["inputs"]["folder"] = str(missing)
-    with pytest.raises(client.ExecutionFailed) as failure:
+    prompt["2"]["inputs"]["folder"] = missing
+    with pytest.raises(client.PromptRejected) as failure:
         client.run_workflow(prompt, comfy_host.url, tmp_path / "out", timeout=120)
     message = str(failure.value)
-    assert "node 2 (SCoFTLoadCCUBDataset) failed" in message and str(missing) in message, message
-    assert "dataset folder not found" in message
+    assert "node 2 (SCoFTLoadCCUBDataset" in message and f"folder {missing!r}: no such folder" in message, message
+    assert str(comfy_host.root / "input" / "ccub") in message, message  # where datasets go
 
     # The next prompt runs normally.
     paths = client.run_workflow(json.loads((FIXTURES / "empty_image_api.json").read_text()), comfy_host.url,
