@@ -1,5 +1,5 @@
 """Generate SCoFT Negatives: model + depth ControlNet + dataset -> negatives written into the
-CCUB folder (scoft_train.negatives.generate_negatives) -> the reloaded dataset + a preview."""
+CCUB folder (scoft_train.negatives.generate_negatives) -> the dataset with its new negatives + a preview."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from ..scoft_train.negatives import (
     depth_from_estimator,
     depth_from_images,
     generate_negatives,
-    list_images,
 )
 from ..scoft_train.sampling import SCHEDULERS, to_pil
 from .common import (
@@ -87,8 +86,9 @@ def depth_provider(source: str, dataset, annotators: str, depth_images, device):
     if source == IMAGE_DEPTH:
         if depth_images is None:
             raise ValueError(f"depth_source '{IMAGE_DEPTH}' needs the depth_images input connected")
-        return depth_from_images(to_pil(depth_images.cpu()), len(list_images(dataset.root)))
-    return depth_from_estimator(load_depth_estimator(source, annotator_dir(annotators, source), device))
+        return depth_from_images(to_pil(depth_images.cpu()), len(dataset))
+    return depth_from_estimator(load_depth_estimator(source, annotator_dir(annotators, source), device),
+                                dataset.background)
 
 
 class GenerateSCoFTNegatives:
@@ -103,7 +103,7 @@ class GenerateSCoFTNegatives:
     RETURN_TYPES = (SCOFT_DATASET, "IMAGE")
     RETURN_NAMES = ("dataset", "preview")
     OUTPUT_TOOLTIPS = (
-        "The dataset read again with its new negatives, for SCoFT Train.",
+        "The dataset with its new negatives listed, for SCoFT Train.",
         "Rows of original | depth | negatives for the images generated in this run (blank if none were missing).",
     )
 
@@ -169,7 +169,7 @@ class GenerateSCoFTNegatives:
         with tempfile.TemporaryDirectory() as scratch:
             preview_path = Path(scratch) / "preview.png"
             result = generate_negatives(
-                model, cached_controlnet(controlnet, model), dataset.root, depth, settings,
+                model, cached_controlnet(controlnet, model), dataset, depth, settings,
                 on_step=progress_callback(total), preview=preview_path,
             )
             if result.preview is not None:
@@ -178,4 +178,4 @@ class GenerateSCoFTNegatives:
             else:
                 preview = torch.ones(1, 64, 64, 3)
         logger.info("negatives: %d written, %d already there", len(result.generated), result.already_there)
-        return (dataset.reload(), preview)
+        return (result.dataset, preview)

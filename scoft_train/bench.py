@@ -71,7 +71,7 @@ class _UNetTimer:
 
 
 def _median_step(trainer: SCoFTTrainer, steps: int, warmup: int, branch: bool) -> float:
-    every = 1 if branch else 10**9
+    every = 1 if branch else 1_000_000  # the largest contrastive_every: step 1 never runs the branch
     trainer.warm_caches()
     trainer.config = dataclasses.replace(trainer.config, contrastive_every=every)
     for _ in range(warmup):
@@ -144,9 +144,8 @@ def bench_negatives(k: int = 2, steps: int = 10, batch_size: int = 8, threads: i
     import tempfile
     from pathlib import Path
 
-    from PIL import Image
-
     from .controlnet import build_tiny_controlnet
+    from .imagefile import load_rgb
     from .negatives import (
         NegativeSettings, controlnet_pipeline, depth_from_images, generate_negatives, list_images, negative_seed,
         render,
@@ -164,8 +163,7 @@ def bench_negatives(k: int = 2, steps: int = 10, batch_size: int = 8, threads: i
         items = list_images(root)
         depths = []
         for item in items:
-            with Image.open(item.image) as image:
-                depths.append(image.convert("L").convert("RGB"))
+            depths.append(load_rgb(item.image).convert("L").convert("RGB"))
         pipe = controlnet_pipeline(bundle, controlnet, settings.scheduler)
         size = (bundle.resolution, bundle.resolution)
         for n in (1, min(batch_size, len(items) * k)):  # warm-up, both batch shapes

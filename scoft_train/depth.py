@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .imagefile import scale_to_uint8
+
 logger = logging.getLogger(__name__)
 
 ANNOTATORS_URL = "https://huggingface.co/lllyasviel/Annotators"
@@ -129,9 +131,9 @@ def load_depth_estimator(
 
 
 def depth_image(depth: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Any depth picture (L, I;16, RGB ...) -> grey RGB of `size` (W, H), values 0..255."""
+    """Any depth picture (L, I;16, RGB ...) -> grey RGB of `size` (W, H), values 0..255; a
+    16-bit map is stretched from its own min..max (depth is relative)."""
     if depth.mode not in ("L", "RGB"):
         array = np.asarray(depth, dtype=np.float32)
-        array = (array - array.min()) / max(float(array.max() - array.min()), 1e-8)
-        depth = Image.fromarray((array * 255).round().astype(np.uint8))
+        depth = Image.fromarray(scale_to_uint8(array, array.min(), array.max()))
     return depth.convert("L").resize(size, Image.BILINEAR).convert("RGB")

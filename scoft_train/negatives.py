@@ -13,19 +13,23 @@ the image's culturally specific caption, written to `negatives/<stem>_neg<k>.png
 - Layout A (metadata.jsonl): after each batch, `negative_imgpath` of the affected lines
   lists the new files (relative paths, appended after any existing entries); other
   fields and the line order are kept. The file is replaced atomically and the version
-  from before the run is kept as `metadata.jsonl.bak`.
+  from before the run is kept as `metadata.jsonl.bak` (`ccub_folder.MetadataFile`).
 - Layout B (sidecar captions): no metadata.jsonl is written (it would switch the folder
   to layout A); `negatives/<stem>_neg<k>.png` is what that layout discovers.
+- The folder is read once, by `data.load_ccub`: `generate_negatives` takes the loaded
+  dataset and returns it with the new negatives listed, exactly as a re-read would.
+- Generation size: short side `resolution`, aspect kept, but never more than
+  `PIXEL_BUDGET` times the model's native pixel count (a 2000x20 panorama is not rendered
+  at 100x the model's budget).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -33,18 +37,22 @@ import torch
 from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 from PIL import Image
 
-from .atomic import atomic_save_image, atomic_write_bytes
-from .data import DEPTH_SUFFIX, IMAGE_SUFFIXES, METADATA_NAME, NEGATIVES_DIR, DatasetError
+from .atomic import atomic_save_image
+from .ccub_folder import (
+    DEPTH_SUFFIX, METADATA_NAME, NEGATIVES_DIR, CCUBRecord, DatasetError, MetadataFile, with_negatives,
+)
+from .data import CCUBDataset, load_ccub
 from .depth import DepthEstimator, depth_image
 from .grid import compare_grid, save_grid
+from .imagefile import WHITE, Background, load_rgb, open_oriented
 from .models import ModelBundle
 from .progress import OnStep
 from .sampling import SCHEDULERS, initial_noise, make_scheduler, to_pil
 
 logger = logging.getLogger(__name__)
 
-BACKUP_SUFFIX = ".bak"
 PREVIEW_ROWS = 8
+PIXEL_BUDGET = 2.0  # generation area cap, in units of the model's native resolution squared
 
 
 @dataclass(frozen=True)
@@ -78,8 +86,8 @@ class NegativeSettings:
 
 @dataclass(frozen=True)
 class CCUBImage:
-    """One image of the folder. `line`: its index in metadata.jsonl (None in layout B);
-    `depth`: the metadata's `depth` path, absolute, if given."""
+    """One image of the dataset, in dataset order. `line`: its 1-based metadata.jsonl line
+    (None in layout B); `depth`: the metadata's `depth` path, absolute, if given."""
 
     index: int
     image: Path
@@ -101,7 +109,10 @@ DepthProvider = Callable[[CCUBImage], Image.Image]
 
 @dataclass
 class NegativesResult:
+    """What a run did; `dataset`: the input dataset with every negative now on disk listed."""
+
     root: Path
+    dataset: CCUBDataset
     generated: list[Path] = field(default_factory=list)
     already_there: int = 0
     metadata_written: bool = False
@@ -114,81 +125,35 @@ def negative_seed(seed: int, relpath: str, k: int) -> int:
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
-def _inside(root: Path, raw: str) -> Path | None:
-    path = (root / raw.replace("\\", "/")).resolve()
-    return path if path.is_relative_to(root.resolve()) and path.is_file() else None
-
-
-def list_images(folder: str | os.PathLike) -> list[CCUBImage]:
-    """The folder's images in dataset order (metadata.jsonl line order, or sorted names in
-    layout B, `*_depth.*` maps excluded). Raises DatasetError listing every problem."""
-    root = Path(folder).expanduser().absolute()
-    if not root.is_dir():
-        raise DatasetError(root, [f"{root}: dataset folder not found"])
-    problems: list[str] = []
-    items = _from_metadata(root, problems) if (root / METADATA_NAME).exists() else _from_sidecars(root, problems)
-    seen: dict[str, str] = {}
+def dataset_images(dataset: CCUBDataset) -> list[CCUBImage]:
+    """The dataset's images in order. Raises DatasetError if two share a file stem (their
+    negatives/<stem>_neg<k>.png would collide)."""
+    items = [_image(index, record) for index, record in enumerate(dataset.records)]
+    problems, seen = [], {}
     for item in items:
         if item.stem in seen:
             problems.append(f"{item.relpath}: same file stem as {seen[item.stem]}; negatives/{item.stem}_neg<k>.png "
                             "would collide, rename one of them")
         seen.setdefault(item.stem, item.relpath)
-    if not items and not problems:
-        problems.append("no images found; the dataset is empty")
     if problems:
-        raise DatasetError(root, problems)
+        raise DatasetError(dataset.root, problems)
     return items
 
 
-def _from_metadata(root: Path, problems: list[str]) -> list[CCUBImage]:
-    items = []
-    for number, line in enumerate((root / METADATA_NAME).read_text(encoding="utf-8").split("\n")):
-        where = f"{METADATA_NAME} line {number + 1}"
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as error:
-            problems.append(f"{where}: not valid JSON ({error})")
-            continue
-        file_name, text, depth = entry.get("file_name"), entry.get("text"), entry.get("depth")
-        negatives = entry.get("negative_imgpath", [])
-        image = _inside(root, file_name) if isinstance(file_name, str) else None
-        if image is None:
-            problems.append(f"{where}: 'file_name' {file_name!r} is not an image file inside the dataset folder")
-        if not isinstance(text, str) or not text.strip():
-            problems.append(f"{where}: 'text' must be a non-empty string, got {text!r}")
-        if negatives is not None and not isinstance(negatives, list):
-            problems.append(f"{where}: 'negative_imgpath' must be a list of paths, got {type(negatives).__name__}")
-        if depth is not None and not isinstance(depth, str):
-            problems.append(f"{where}: 'depth' must be a path string, got {type(depth).__name__}")
-        if image is not None and isinstance(text, str) and text.strip():
-            relpath = image.relative_to(root.resolve()).as_posix()
-            depth_path = root / depth.replace("\\", "/") if isinstance(depth, str) else None
-            items.append(CCUBImage(len(items), image, relpath, text.strip(), number, depth_path))
-    return items
+def _image(index: int, record: CCUBRecord) -> CCUBImage:
+    return CCUBImage(index, record.image, record.relpath, record.text, record.line, record.depth)
 
 
-def _from_sidecars(root: Path, problems: list[str]) -> list[CCUBImage]:
-    items = []
-    for path in sorted(root.iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES or path.stem.endswith(DEPTH_SUFFIX) or not path.is_file():
-            continue
-        caption = path.with_suffix(".txt")
-        text = caption.read_text(encoding="utf-8").strip() if caption.is_file() else ""
-        if not text:
-            problems.append(f"{path.name}: no caption in {caption.name}")
-            continue
-        items.append(CCUBImage(len(items), path, path.name, text))
-    return items
+def list_images(folder: str | os.PathLike) -> list[CCUBImage]:
+    """The images of a CCUB folder read and validated by `load_ccub`, in dataset order."""
+    return dataset_images(load_ccub(folder))
 
 
-def depth_from_estimator(estimator: DepthEstimator) -> DepthProvider:
+def depth_from_estimator(estimator: DepthEstimator, background: Background = WHITE) -> DepthProvider:
     """Depth estimated from each CCUB image (see depth.load_depth_estimator)."""
 
     def provide(item: CCUBImage) -> Image.Image:
-        with Image.open(item.image) as image:
-            return estimator(image.convert("RGB"))
+        return estimator(load_rgb(item.image, background))
 
     return provide
 
@@ -204,8 +169,8 @@ def depth_from_dataset() -> DepthProvider:
                 f"no depth map for {item.relpath}: {path} does not exist. Put a depth PNG there (or a 'depth' "
                 "field in metadata.jsonl), or estimate depth with --depth midas/zoe/... and --annotator-dir"
             )
-        with Image.open(path) as depth:
-            return depth_image(depth, depth.size)
+        depth = open_oriented(path)
+        return depth_image(depth, depth.size)
 
     return provide
 
@@ -220,10 +185,16 @@ def depth_from_images(images: Sequence[Image.Image], count: int) -> DepthProvide
 
 
 def generation_size(image_size: tuple[int, int], resolution: int, factor: int) -> tuple[int, int]:
-    """(W, H): short side `resolution`, aspect kept, both rounded to multiples of `factor`."""
+    """(W, H): short side `resolution`, aspect kept, both multiples of `factor`, and the area
+    at most PIXEL_BUDGET * resolution**2 (extreme aspect ratios get a shorter short side)."""
     width, height = image_size
-    scale = resolution / min(width, height)
-    return tuple(max(factor, round(side * scale / factor) * factor) for side in (width, height))
+    budget = PIXEL_BUDGET * resolution**2
+    scale = min(resolution / min(width, height), (budget / (width * height)) ** 0.5)
+    sides = [max(factor, round(side * scale / factor) * factor) for side in (width, height)]
+    long = 0 if sides[0] >= sides[1] else 1
+    if sides[0] * sides[1] > budget:
+        sides[long] = max(factor, int(budget / sides[1 - long]) // factor * factor)
+    return sides[0], sides[1]
 
 
 def controlnet_pipeline(
@@ -274,34 +245,6 @@ def render(
     return to_pil(result.images.float().permute(0, 2, 3, 1).cpu())
 
 
-class _MetadataFile:
-    """metadata.jsonl kept as text lines; rewritten atomically, with a .bak of the pre-run version."""
-
-    def __init__(self, root: Path):
-        self.path = root / METADATA_NAME
-        self.original = self.path.read_bytes()
-        self.lines = self.original.decode("utf-8").split("\n")
-        self.backed_up = False
-
-    def list_negatives(self, item: CCUBImage, relpaths: list[str]) -> bool:
-        """Append the missing `relpaths` to the item's negative_imgpath; True if it changed."""
-        line = self.lines[item.line]
-        entry = json.loads(line)
-        listed = entry.get("negative_imgpath") or []
-        missing = [p for p in relpaths if p not in listed]
-        if not missing:
-            return False
-        entry["negative_imgpath"] = listed + missing
-        self.lines[item.line] = json.dumps(entry, ensure_ascii=False) + ("\r" if line.endswith("\r") else "")
-        return True
-
-    def save(self) -> None:
-        if not self.backed_up:
-            atomic_write_bytes(self.path.with_name(METADATA_NAME + BACKUP_SUFFIX), self.original)
-            self.backed_up = True
-        atomic_write_bytes(self.path, "\n".join(self.lines).encode("utf-8"))
-
-
 def _remove_stale_temps(root: Path) -> None:
     """Temp files a killed run left behind (atomic_path names them .<target>.<random>.tmp)."""
     patterns = [(root / NEGATIVES_DIR, r"\..+_neg\d+\.png\..+\.tmp"), (root, rf"\.{re.escape(METADATA_NAME)}.*\.tmp")]
@@ -316,22 +259,27 @@ def _remove_stale_temps(root: Path) -> None:
 def generate_negatives(
     bundle: ModelBundle,
     controlnet: ControlNetModel,
-    folder: str | os.PathLike,
+    dataset: CCUBDataset | str | os.PathLike,
     depth: DepthProvider,
     settings: NegativeSettings = NegativeSettings(),
     on_step: OnStep | None = None,
     preview: str | os.PathLike | None = None,
 ) -> NegativesResult:
-    """Write the missing negatives of a CCUB folder (K per image) and list them in its metadata.
+    """Write the missing negatives of a CCUB dataset (K per image) and list them in its metadata.
 
+    `dataset`: from `load_ccub` (a folder path is loaded with it first: the same validation,
+    except that listed negatives which are missing are regenerated rather than refused).
+    Returns the result with `dataset` carrying the new negatives (nothing is read again).
     `on_step(done, total, logs)` after each image written (total = images to generate).
     `preview`: a PNG path for a grid original | depth | negatives of up to 8 images made now.
     """
-    items = list_images(folder)
-    root = Path(folder).expanduser().absolute()
-    result = NegativesResult(root)
+    if not isinstance(dataset, CCUBDataset):
+        dataset = load_ccub(dataset, missing_negatives_ok=True)
+    items = dataset_images(dataset)
+    root = dataset.root
+    result = NegativesResult(root, dataset)
     _remove_stale_temps(root)
-    metadata = _MetadataFile(root) if (root / METADATA_NAME).exists() else None
+    metadata = MetadataFile(root) if (root / METADATA_NAME).exists() else None
     resolution = settings.resolution or bundle.resolution
     jobs, sizes = [], {}
     for item in items:
@@ -344,10 +292,11 @@ def generate_negatives(
         _sync_metadata(metadata, items, root, settings.k, result)
     if not jobs:
         logger.info("negatives of %s are complete (%d); nothing to do", root, result.already_there)
+        result.dataset = _listed(dataset, items, settings.k)
         return result
     for item in {item.index: item for item, _ in jobs}.values():
-        with Image.open(item.image) as image:
-            sizes[item.index] = generation_size(image.size, resolution, bundle.vae_scale_factor)
+        image = load_rgb(item.image, dataset.background)
+        sizes[item.index] = generation_size(image.size, resolution, bundle.vae_scale_factor)
     order = {size: i for i, size in reversed(list(enumerate(sizes[item.index] for item, _ in jobs)))}
     jobs.sort(key=lambda job: order[sizes[job[0].index]])
     batches = []
@@ -392,32 +341,47 @@ def generate_negatives(
                 on_step(done, len(jobs), {"image": item.relpath, "k": k, "batch": number, "batches": len(batches)})
     logger.info("wrote %d negatives to %s (%d already there)", len(result.generated), root / NEGATIVES_DIR,
                 result.already_there)
+    result.dataset = _listed(dataset, items, settings.k)
     if preview is not None:
-        grid = _preview_grid(list(shown.values()), preview_depths, root, settings.k, sizes)
+        grid = _preview_grid(list(shown.values()), preview_depths, root, settings.k, sizes, dataset.background)
         result.preview = save_grid(grid, preview)
     return result
 
 
+def _present(root: Path, item: CCUBImage, k: int) -> list[str]:
+    return [item.negative_relpath(j) for j in range(k) if (root / item.negative_relpath(j)).is_file()]
+
+
 def _sync_metadata(
-    metadata: _MetadataFile, items: list[CCUBImage], root: Path, k: int, result: NegativesResult
+    metadata: MetadataFile, items: list[CCUBImage], root: Path, k: int, result: NegativesResult
 ) -> None:
     """List every existing negative of `items` in metadata.jsonl; save if anything changed."""
     changed = False
     for item in items:
-        present = [item.negative_relpath(j) for j in range(k) if (root / item.negative_relpath(j)).is_file()]
-        changed |= metadata.list_negatives(item, present)
+        changed |= metadata.list_negatives(item.line, _present(root, item, k))
     if changed:
         metadata.save()
         result.metadata_written = True
 
 
-def _preview_grid(items, depths, root, k, sizes) -> Image.Image:
+def _listed(dataset: CCUBDataset, items: list[CCUBImage], k: int) -> CCUBDataset:
+    """`dataset` with each record's negatives on disk listed, as a re-read would list them
+    (a listed negative still missing is left out, with a warning)."""
+    records = []
+    for record, item in zip(dataset.records, items, strict=True):
+        missing = [path for path in record.negatives if not path.is_file()]
+        for path in missing:
+            logger.warning("%s: listed negative %s does not exist; left out", record.source, path)
+        kept = replace(record, negatives=tuple(p for p in record.negatives if p not in missing))
+        records.append(with_negatives(kept, [dataset.root / rel for rel in _present(dataset.root, item, k)]))
+    return dataset.with_records(records)
+
+
+def _preview_grid(items, depths, root, k, sizes, background) -> Image.Image:
     columns: dict[str, list[Image.Image]] = {"original": [], "depth": []}
     for item in items:
-        with Image.open(item.image) as image:
-            columns["original"].append(image.convert("RGB").resize(sizes[item.index], Image.BICUBIC))
+        columns["original"].append(load_rgb(item.image, background).resize(sizes[item.index], Image.BICUBIC))
         columns["depth"].append(depths[item.index])
         for j in range(k):
-            with Image.open(root / item.negative_relpath(j)) as negative:
-                columns.setdefault(f"negative {j}", []).append(negative.convert("RGB"))
+            columns.setdefault(f"negative {j}", []).append(load_rgb(root / item.negative_relpath(j), background))
     return compare_grid(columns, [item.text for item in items])

@@ -1,8 +1,9 @@
 """The two image sets of the prior (fair, stereotypical): loaded from folders, encoded once.
 
 A source is a CCUB folder (its images, validated by `load_ccub`), any other folder (the
-images at its top level, e.g. a CCUB folder's `negatives/` or model generations), or a
-tensor of images [N, 3, H, W] in [-1, 1] (H, W multiples of the VAE factor).
+images at its top level, e.g. a CCUB folder's `negatives/` or model generations, read by
+`imagefile.load_rgb`), or a tensor of images [N, 3, H, W] in [-1, 1] (H, W multiples of
+the VAE factor).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import torch
 import torchvision.transforms.functional as TF
-from PIL import Image
 
-from ..data import IMAGE_SUFFIXES, METADATA_NAME, load_ccub
+from ..ccub_folder import METADATA_NAME, DatasetError, image_files
+from ..data import load_ccub
+from ..imagefile import ImageFileError, load_rgb
 from ..models import ModelBundle
 
 ImageSource = str | os.PathLike | torch.Tensor
@@ -43,16 +45,23 @@ def load_image_set(source: ImageSource, resolution: int) -> ImageSet:
         dataset = load_ccub(folder, resolution=resolution)
         pixels = torch.stack([dataset.get(i)["pixel_values"] for i in range(len(dataset))])
         return ImageSet(pixels, f"CCUB {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = image_files(folder)
     if not files:
-        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) at its top level")
-    return ImageSet(torch.stack([_load_image(path, resolution) for path in files]), f"folder {folder}")
+        raise ValueError(f"{folder}: no image files at its top level")
+    tensors, problems = [], []
+    for path in files:
+        try:
+            tensors.append(_load_image(path, resolution))
+        except ImageFileError as error:
+            problems.append(str(error))
+    if problems:
+        raise DatasetError(folder, problems)
+    return ImageSet(torch.stack(tensors), f"folder {folder}")
 
 
 def _load_image(path: Path, resolution: int) -> torch.Tensor:
-    with Image.open(path) as image:
-        rgb = image.convert("RGB")
-    rgb = TF.center_crop(TF.resize(rgb, resolution, antialias=True), [resolution, resolution])
+    """[3, R, R] in [-1, 1]: shorter side resized to R, center crop."""
+    rgb = TF.center_crop(TF.resize(load_rgb(path), resolution, antialias=True), [resolution, resolution])
     return TF.to_tensor(rgb) * 2.0 - 1.0
 
 

@@ -3,7 +3,8 @@ class (prior) images, each a folder of images sharing one prompt.
 
 Both are served by the CCUB dataset class (`data.CCUBDataset`): one record per image,
 caption = the folder's prompt, no negatives; items are [3,R,R] tensors in [-1,1] with
-center or random crop and optional flip, exactly as for SCoFT training.
+center or random crop and optional flip, exactly as for SCoFT training. Files are listed
+by `ccub_folder.image_files` and read by `imagefile.load_rgb`.
 """
 
 from __future__ import annotations
@@ -11,18 +12,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from ..ccub_folder import CCUBRecord, DatasetError, image_files
+from ..data import CCUBDataset
+from ..imagefile import ImageFileError, read_rgb
 
-from ..data import IMAGE_SUFFIXES, CCUBDataset, CCUBRecord, DatasetError
-
-
-def image_files(folder: str | os.PathLike) -> list[Path]:
-    """Image files at the top of `folder` (png/jpg/jpeg/webp, hidden files skipped), sorted by name."""
-    root = Path(folder)
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+__all__ = ["image_files", "load_image_folder"]
 
 
 def load_image_folder(
@@ -39,15 +33,14 @@ def load_image_folder(
     root = Path(folder).expanduser().absolute()
     files = image_files(root)
     problems = [] if files else [
-        f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) found" if root.is_dir() else f"{root}: folder not found"
+        f"{root}: no image files found" if root.is_dir() else f"{root}: folder not found"
     ]
     for path in files:
         try:
-            with Image.open(path) as image:
-                image.convert("RGB")
-        except (OSError, UnidentifiedImageError) as error:
-            problems.append(f"{path.name}: not a readable image ({error})")
+            read_rgb(path)
+        except ImageFileError as error:
+            problems.append(f"{path.name}: not a readable image ({str(error).removeprefix(f'{path}: ')})")
     if problems:
         raise DatasetError(root, problems)
-    records = [CCUBRecord(path, prompt, prompt, (), path.name) for path in files]
+    records = [CCUBRecord(path, prompt, prompt, (), path.name, path.name) for path in files]
     return CCUBDataset(root, records, 0, resolution, center_crop, random_flip)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 import torchvision.transforms.functional as TF
-from PIL import Image
 
 from ..atomic import atomic_write_text
+from ..imagefile import load_rgb
 from .classifier import Classifier, reference_similarity
 from .data import image_files
 from .quality import topiq_scores
@@ -50,12 +50,8 @@ def load_images(folder: str | os.PathLike) -> list[torch.Tensor]:
     """Every image of `folder` as [3,H,W] in [0,1] (sizes may differ)."""
     files = image_files(folder)
     if not files:
-        raise FileNotFoundError(f"no images (png/jpg/jpeg/webp) in {folder}")
-    tensors = []
-    for path in files:
-        with Image.open(path) as image:
-            tensors.append(TF.to_tensor(image.convert("RGB")))
-    return tensors
+        raise FileNotFoundError(f"no image files in {folder}")
+    return [TF.to_tensor(load_rgb(path)) for path in files]
 
 
 @torch.no_grad()
