@@ -271,16 +271,40 @@ def weight_folder_choices(kind: str) -> list[str]:
     return _listing(folder_roots(kind), keep)
 
 
+DATASET_WRITES = ("negatives", "metadata.jsonl", "metadata.jsonl.bak")  # what Generate SCoFT Negatives writes
+
+
+def check_dataset_tree(root: Path, input_name: str, roots: list[Path]) -> None:
+    """Refuse a dataset folder that reaches outside: a symlink in it that resolves outside the allowed
+    roots (it would be read), or a write target (negatives/, metadata.jsonl, .bak) that resolves outside
+    the dataset folder itself (negatives and metadata are written only under the dataset root)."""
+    hint = root_hint(CCUB_KIND)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in (*dirnames, *filenames):
+            entry = Path(dirpath) / name
+            if entry.is_symlink():
+                resolve_inside(roots, entry, what=f"{input_name}: {entry.relative_to(root)} (a symlink)", hint=hint)
+    for name in DATASET_WRITES:
+        if os.path.lexists(root / name):
+            resolve_inside(root, root / name, what=f"{input_name}: {name}",
+                           hint="Negatives and metadata are written only inside the dataset folder; remove that link")
+
+
 def input_folder(text: str, sample, input_name: str = "folder") -> Path:
     """A dataset-folder input: '' or 'sample' = `sample(input dir)` (a working copy of shipped data made
     there on first use); otherwise a folder in a `ccub` root or in ComfyUI's input folder (names are
-    looked up in that order), resolved with symlinks followed; anything outside is refused."""
+    looked up in that order), resolved with symlinks followed; anything outside is refused, and so is a
+    folder whose own links lead outside (check_dataset_tree)."""
     import folder_paths
 
     text = (text or "").strip()
     if text in ("", SAMPLE):
         return sample(Path(folder_paths.get_input_directory()))
-    return confined_path(input_name, text, dataset_roots(), CCUB_KIND)
+    roots = dataset_roots()
+    path = confined_path(input_name, text, roots, CCUB_KIND)
+    if not allow_any_path() and path.is_dir():
+        check_dataset_tree(path, input_name, roots)
+    return path
 
 
 def check_folder(text, input_name: str = "folder") -> bool | str:

@@ -232,3 +232,26 @@ def test_opt_in_allows_an_absolute_path(tmp_path_factory, outside, tmp_path):
         assert len(paths) == 2
     finally:
         stop_comfy_host(host)
+
+
+@pytest.mark.parametrize("link", ["image", "negatives", "metadata_bak"])
+def test_dataset_whose_links_lead_outside_is_refused(comfy_host, outside, link):
+    """A dataset folder inside a root, but with a symlink that leads outside: an image (it would be read
+    and previewed) or a write target (negatives/, metadata.jsonl.bak would be written through it)."""
+    folder = make_dataset(comfy_host.root / "input" / "ccub" / f"linked_{link}")
+    target, entry = {
+        "image": (outside / "house_0.png", folder / "house_9.png"),
+        "negatives": (outside, folder / "negatives"),
+        "metadata_bak": (outside / "house_0.txt", folder / "metadata.jsonl.bak"),
+    }[link]
+    entry.symlink_to(target)
+    if link == "image":
+        (folder / "house_9.txt").write_text("a house in Velmora", encoding="utf-8")
+    before = snapshot(outside)
+
+    code, answer = post_prompt(comfy_host.url, load_dataset_prompt(folder.name))
+    assert code == 400, answer
+    details = answer["node_errors"]["1"]["errors"][0]["details"]
+    assert f"folder: {entry.name} (a symlink)" in details or f"folder: {entry.name} " in details, details
+    assert str(target.resolve()) in details and "outside the allowed folders" in details, details
+    assert snapshot(outside) == before
