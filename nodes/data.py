@@ -82,6 +82,7 @@ class LoadCCUBDataset:
             f"images: {counts['images']}\ncaptions: {counts['captions']}\n"
             f"generic captions derived: {counts['generic_captions_derived']}\n"
             f"negatives: {counts['negatives']}\nresolution: {resolution}\nfingerprint: {counts['fingerprint']}"
+            + "".join(f"\nnote: {note}" for note in dataset.notes)
         )
         logger.info("%s", summary.replace("\n", "; "))
         return (dataset, dataset_preview(dataset, PREVIEW_LIMIT), summary)

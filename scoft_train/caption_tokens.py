@@ -10,7 +10,7 @@ shipped in `configs/clip_tokenizer` (no model is loaded).
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 CLIP_TOKENS = 77
 

@@ -30,12 +30,19 @@ import logging
 import os
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Sequence
 
 from .atomic import atomic_write_bytes
-from .imagefile import WHITE, Background, ImageFileError, is_image_name, read_rgb, unsupported_format
+from .imagefile import (
+    WHITE,
+    Background,
+    ImageFileError,
+    is_image_name,
+    read_rgb,
+    unsupported_format,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -277,6 +284,8 @@ def _metadata_record(
         problems.append(f"{where}: field 'blip_text' must be a string or absent, got {_type_name(blip)}")
     if depth is not None and not isinstance(depth, str):
         problems.append(f"{where}: field 'depth' must be a path string or absent, got {_type_name(depth)}")
+    elif isinstance(depth, str) and _relative_problem(reader.root, depth):
+        problems.append(f"{where}: field 'depth' '{depth}' {_relative_problem(reader.root, depth)}")
     if negatives is None:
         negatives = []
     if not isinstance(negatives, list):

@@ -84,14 +84,14 @@ def run_demo(out_dir: str | Path, steps: int = 300, seed: int = 0) -> DemoResult
     torch.manual_seed(seed)
     bundle = load_default_model()
     folder = working_copy(BIASLAB_CCUB_DIR, out_dir / "ccub")
+    dataset = load_ccub(folder, resolution=bundle.resolution, random_flip=True, missing_negatives_ok=True)
     with tqdm_progress("negatives (depth + ControlNet, pretrained model)") as on_step:
-        generate_negatives(
-            bundle, default_controlnet(bundle), folder, depth_from_dataset(),
+        dataset = generate_negatives(
+            bundle, default_controlnet(bundle), dataset, depth_from_dataset(),
             NegativeSettings(k=1, seed=seed, steps=WORLD_SAMPLING["steps"], cfg=WORLD_SAMPLING["cfg"], batch_size=50,
                              resolution=bundle.resolution),
             on_step=on_step, preview=out_dir / "negatives_preview.png",
-        )
-    dataset = load_ccub(folder, resolution=bundle.resolution, random_flip=True)
+        ).dataset
     with tqdm_progress("SCoFT training") as on_step:
         trained = train_scoft(bundle, dataset, demo_config(steps), out_dir, on_step=on_step)
     prompts = [f"a {concept} in {culture}" for culture in MINORITY for concept in ("house", "meal")]

@@ -39,7 +39,13 @@ from PIL import Image
 
 from .atomic import atomic_save_image
 from .ccub_folder import (
-    DEPTH_SUFFIX, METADATA_NAME, NEGATIVES_DIR, CCUBRecord, DatasetError, MetadataFile, with_negatives,
+    DEPTH_SUFFIX,
+    METADATA_NAME,
+    NEGATIVES_DIR,
+    CCUBRecord,
+    DatasetError,
+    MetadataFile,
+    with_negatives,
 )
 from .data import CCUBDataset, load_ccub
 from .depth import DepthEstimator, depth_image

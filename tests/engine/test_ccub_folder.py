@@ -37,7 +37,7 @@ def snapshot(root: Path) -> dict:
 def test_bom_and_crlf_captions_and_metadata_are_read_clean(tmp_path):
     sidecar = tmp_path / "sidecar"
     picture(sidecar / "a.png")
-    (sidecar / "a.txt").write_bytes(BOM + "a Korean house\r\nwith a garden\r\n".encode())
+    (sidecar / "a.txt").write_bytes(BOM + b"a Korean house\r\nwith a garden\r\n")
     assert load_ccub(sidecar).records[0].text == "a Korean house\nwith a garden"
     listed = tmp_path / "listed"
     picture(listed / "images" / "a.png")
@@ -184,10 +184,10 @@ def test_panorama_gets_a_crop_note_and_a_capped_negative_size(tmp_path):
     picture(tmp_path / "photo.png", size=(48, 32))
     (tmp_path / "photo.txt").write_text("a house")
     dataset = load_ccub(tmp_path, resolution=16)
-    assert dataset.notes == (
+    assert dataset.notes == ((
         "pano.png: image 'pano.png' is 2000x20; training's square crop keeps 1% of it (a 20 px square). "
-        "Crop or split it if the rest matters",
-    )
+        "Crop or split it if the rest matters"
+    ),)
     width, height = generation_size((2000, 20), 32, 8)
     assert width * height <= 2 * 32 * 32 and height == 8 and width == 256
     assert generation_size((2000, 20), 512, 8)[0] * generation_size((2000, 20), 512, 8)[1] <= 2 * 512 * 512
@@ -240,3 +240,13 @@ def test_missing_listed_negative_is_refused_for_training_but_kept_for_negatives(
     record = load_ccub(tmp_path, missing_negatives_ok=True).records[0]
     assert record.negatives == (tmp_path / "negatives" / "a_neg0.png",)
     assert not os.path.exists(record.negatives[0])
+
+
+def test_depth_field_must_stay_inside_the_folder(tmp_path):
+    picture(tmp_path / "images" / "a.png")
+    (tmp_path / "metadata.jsonl").write_text(
+        json.dumps({"file_name": "images/a.png", "text": "a house", "depth": "../elsewhere.png"}) + "\n")
+    with pytest.raises(DatasetError) as caught:
+        load_ccub(tmp_path)
+    assert caught.value.problems == [
+        "metadata.jsonl line 1: field 'depth' '../elsewhere.png' escapes the dataset folder through '..'"]

@@ -15,7 +15,13 @@ from PIL import Image
 
 from scoft_train.data import load_ccub
 from scoft_train.depth import depth_image
-from scoft_train.imagefile import IMAGE_SUFFIXES, ImageFileError, load_rgb, open_oriented, read_rgb
+from scoft_train.imagefile import (
+    IMAGE_SUFFIXES,
+    ImageFileError,
+    load_rgb,
+    open_oriented,
+    read_rgb,
+)
 from scoft_train.negatives import CCUBImage, depth_from_dataset, depth_from_estimator
 from scoft_train.rscorrector.imagesets import load_image_set
 from scoft_train.sfsl.data import load_image_folder
