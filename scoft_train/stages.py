@@ -10,6 +10,7 @@ from typing import Callable
 from .config import TrainConfig
 from .grid import compare_grid, save_grid
 from .plot import plot_losses, save_history_json
+from .previews import OnPreview, PreviewSettings, dataset_prompts, with_previews
 from .progress import OnStep
 from .sampling import sample_tensor, to_pil
 from .trainer import SCoFTTrainer
@@ -28,13 +29,15 @@ class TrainOutputs:
 
 
 def run_trainer(trainer, lora_name: str, on_step: OnStep | None = None,
-                resume: str | Path | bool | None = None) -> TrainOutputs:
+                resume: str | Path | bool | None = None, previews: PreviewSettings | None = None,
+                on_preview: OnPreview | None = None) -> TrainOutputs:
     """Resume (a checkpoint path, or True for the newest in the trainer's output folder),
-    train, then write the LoRA, the loss history (JSON) and the loss plot (PNG) there."""
+    train, then write the LoRA, the loss history (JSON) and the loss plot (PNG) there.
+    `previews`: live previews into <output folder>/previews, each also given to `on_preview`."""
     output_dir = trainer.output_dir
     if resume:
         trainer.resume(None if resume is True else resume)
-    history = trainer.train(on_step)
+    history = trainer.train(with_previews(trainer, previews, on_step, on_preview))
     outputs = TrainOutputs(
         lora=trainer.export_lora(output_dir / lora_name),
         history_json=save_history_json(history, output_dir / "loss_history.json"),
@@ -53,9 +56,16 @@ def train_scoft(
     on_step: OnStep | None = None,
     resume: str | Path | bool | None = None,
     lora_name: str = "scoft_lora.safetensors",
+    preview_every: int = 0,
+    on_preview: OnPreview | None = None,
 ) -> TrainOutputs:
-    """Train a SCoFT LoRA into `output_dir` (see `run_trainer`)."""
-    return run_trainer(SCoFTTrainer(bundle, dataset, config, Path(output_dir)), lora_name, on_step, resume)
+    """Train a SCoFT LoRA into `output_dir` (see `run_trainer`). `preview_every` > 0: every
+    that many steps a preview of four of the dataset's prompts (seed config.seed + i, cfg
+    config.cfg) goes to output_dir/previews and to `on_preview(step, total, image)`."""
+    previews = PreviewSettings(every=preview_every, prompts=dataset_prompts([r.text for r in dataset.records]),
+                               seed=config.seed, cfg=config.cfg)
+    return run_trainer(SCoFTTrainer(bundle, dataset, config, Path(output_dir)), lora_name, on_step, resume,
+                       previews, on_preview)
 
 
 def compare(
