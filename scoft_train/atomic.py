@@ -29,7 +29,10 @@ _DISK_FULL_TEXT = ("os error 28", "No space left on device", "Disk quota exceede
 
 
 class DiskFullError(OSError):
-    """No space left while writing a file; the message names the file and the free space."""
+    """No space left while writing a file (errno ENOSPC); the message names the file and the free space."""
+
+    def __str__(self) -> str:
+        return self.strerror
 
 
 @contextlib.contextmanager
