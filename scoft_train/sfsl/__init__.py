@@ -6,7 +6,7 @@ and no-reference quality.
 Modules: config (SFSLConfig), data (image folders), class_images (cached prior
 images), classifier (local classifiers, class-wise features), trainer (SFSLTrainer on
 SCoFTTrainer's loop), stages (train_sfsl), evaluate (evaluate_sfsl), quality (TOPIQ),
-cli (the `sfsl` verbs).
+presets (the bias lab's spurious experiment). The `sfsl` verbs are in ../cli/sfsl.py.
 """
 
 from .class_images import ensure_class_images

@@ -11,7 +11,8 @@ from PIL import Image
 from safetensors import safe_open
 
 from scoft_train.bench import bench_train
-from scoft_train.cli import main
+from scoft_train.cli import build_parser, main
+from scoft_train.cli.common import read_prompts
 from scoft_train.sample_data import CCUB_DEMO_DIR
 
 FAST = ["--grad-accum", "1", "--rank", "4", "--alpha", "8", "--contrastive-every", "2", "--denoise-steps", "2",
@@ -79,3 +80,12 @@ def test_bench_reports_ratios_and_breakdown():
     assert result.plain > 0 and result.scoft_branch > result.scoft_no_branch > 0
     report = result.report()
     assert "amortised" in report and "VAE decode" in report and "backward" in report
+
+
+def test_prompts_file_with_bom_and_crlf_gives_clean_prompts(tmp_path):
+    """A Notepad-style file: UTF-8 byte-order mark, Windows line ends, a blank line."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes("a house\r\n\r\n  a meal in Velmora \r\n".encode("utf-8-sig"))
+    args = build_parser().parse_args(["sample", "--prompt", "a market", "--prompts-file", str(prompts),
+                                      "--out", str(tmp_path / "out")])
+    assert read_prompts(args) == ["a market", "a house", "a meal in Velmora"]

@@ -1,38 +1,21 @@
-"""The `sfsl` verbs of `python -m scoft_train`: classimages, train, eval."""
+"""`sfsl classimages|train|eval`: spurious-feature fine-tuning (scoft_train/sfsl)."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
-from ..cli import _add_model_args, _load_bundle, add_dataclass_args
-from ..config import load_config_file
-from .config import CLASS_TEMPLATE, SFSLConfig
-
-
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    """One option per SFSLConfig field, help from the field metadata."""
-    group = parser.add_argument_group("SFSL settings (override --config)")
-    add_dataclass_args(group, SFSLConfig)
-
-
-def config_from_args(args) -> SFSLConfig:
-    values = load_config_file(args.config) if args.config else {}
-    for field in dataclasses.fields(SFSLConfig):
-        value = getattr(args, field.name, None)
-        if value is not None:
-            values[field.name] = value
-    return SFSLConfig.from_dict(values)
+from ..sfsl.config import CLASS_TEMPLATE, SFSLConfig
+from .common import add_dataclass_args, add_model_args, dataclass_values, load_bundle
 
 
 def cmd_classimages(args) -> int:
-    from .class_images import ensure_class_images
     from ..progress import tqdm_progress
+    from ..sfsl.class_images import ensure_class_images
 
     prompt = args.class_prompt or CLASS_TEMPLATE.format(class_name=args.class_name)
     with tqdm_progress("class images") as on_step:
-        paths = ensure_class_images(_load_bundle(args), args.out, prompt, count=args.count, seed=args.seed,
+        paths = ensure_class_images(load_bundle(args), args.out, prompt, count=args.count, seed=args.seed,
                                     steps=args.steps, cfg=args.cfg, scheduler=args.scheduler, size=args.size,
                                     on_step=on_step)
     print(f"{len(paths)} class images of {prompt!r} in {args.out}")
@@ -41,11 +24,11 @@ def cmd_classimages(args) -> int:
 
 def cmd_train(args) -> int:
     from ..progress import tqdm_progress
-    from .data import load_image_folder
-    from .stages import train_sfsl
+    from ..sfsl.data import load_image_folder
+    from ..sfsl.stages import train_sfsl
 
-    config = config_from_args(args)
-    bundle = _load_bundle(args)
+    config = SFSLConfig.from_dict(dataclass_values(args, SFSLConfig))
+    bundle = load_bundle(args)
     resolution = args.resolution or bundle.resolution
     options = dict(resolution=resolution, center_crop=not args.random_crop, random_flip=args.flip)
     instances = load_image_folder(args.instance_dir, config.instance_prompt, **options)
@@ -66,8 +49,8 @@ def _classifier_arg(text: str) -> tuple[str, Path]:
 
 
 def cmd_eval(args) -> int:
-    from .classifier import load_classifier
-    from .evaluate import evaluate_sfsl, load_images
+    from ..sfsl.classifier import load_classifier
+    from ..sfsl.evaluate import evaluate_sfsl, load_images
 
     classifiers = [load_classifier(spec, path, args.classifier_size, args.device) for spec, path in args.classifier]
     report = evaluate_sfsl(load_images(args.images), load_images(args.references), classifiers, args.target_class,
@@ -81,8 +64,8 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def add_sfsl_parser(verbs) -> None:
-    """Register `sfsl classimages|train|eval` on the top-level sub-parsers."""
+def register(verbs) -> None:
+    """The `sfsl` verb with `classimages`, `train` and `eval`."""
     from ..sampling import SCHEDULERS
 
     sfsl = verbs.add_parser("sfsl", help="spurious-feature fine-tuning: class images, train, eval",
@@ -91,7 +74,7 @@ def add_sfsl_parser(verbs) -> None:
 
     classimages = sub.add_parser("classimages", help="generate (or complete) the cached class images",
                                  description="Generate the missing class images of a folder with the frozen model.")
-    _add_model_args(classimages)
+    add_model_args(classimages)
     classimages.add_argument("--out", type=Path, required=True, help="class image folder (reused: only missing images are made)")
     what = classimages.add_mutually_exclusive_group(required=True)
     what.add_argument("--class-name", help="class word; prompt 'a photo of <class>'")
@@ -106,7 +89,7 @@ def add_sfsl_parser(verbs) -> None:
 
     train = sub.add_parser("train", help="train an SFSL LoRA (UNet + text encoder)",
                            description="Train an SFSL LoRA on reference spurious images with prior preservation.")
-    _add_model_args(train)
+    add_model_args(train)
     train.add_argument("--instance-dir", type=Path, required=True, help="folder of reference spurious images")
     train.add_argument("--class-dir", type=Path,
                        help="class image folder (from `sfsl classimages`); needed unless --prior-loss-weight 0")
@@ -116,7 +99,7 @@ def add_sfsl_parser(verbs) -> None:
     train.add_argument("--resolution", type=int, default=None, help="training image side (default: the model's)")
     train.add_argument("--random-crop", action="store_true", help="random instead of center crop")
     train.add_argument("--flip", action="store_true", help="random horizontal flip")
-    _add_config_args(train)
+    add_dataclass_args(train.add_argument_group("SFSL settings (override --config)"), SFSLConfig)
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("eval", help="spurious rate, similarity to the references, quality",

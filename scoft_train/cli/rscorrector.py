@@ -1,17 +1,18 @@
-"""`python -m scoft_train rscorrector fit|sample` and `bench rscorrector` (wired in by ../cli.py)."""
+"""`rscorrector fit|sample`: fit RS-Corrector's latent prior, sample with correction
+(scoft_train/rscorrector)."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+from .common import add_model_args, add_sampling_args, load_bundle, read_prompts, sampling_kwargs
 
 
 def cmd_fit(args) -> int:
-    from ..cli import _load_bundle
     from ..progress import tqdm_progress
-    from .prior import fit_prior
+    from ..rscorrector.prior import fit_prior
 
-    bundle = _load_bundle(args)
+    bundle = load_bundle(args)
     with tqdm_progress("rscorrector fit") as on_step:
         prior = fit_prior(bundle, args.fair, args.stereo, steps=args.steps, draws=args.draws, seed=args.seed,
                           max_timestep=args.max_timestep, on_step=on_step)
@@ -23,16 +24,15 @@ def cmd_fit(args) -> int:
 
 def cmd_sample(args) -> int:
     from ..atomic import atomic_save_image
-    from ..cli import _load_bundle, _prompts
     from ..grid import compare_grid, save_grid
     from ..progress import tqdm_progress
+    from ..rscorrector.prior import load_prior
+    from ..rscorrector.sampler import sample_corrected
     from ..sampling import sample_tensor, to_pil
-    from .prior import load_prior
-    from .sampler import sample_corrected
 
-    bundle, prompts = _load_bundle(args), _prompts(args)
+    bundle, prompts = load_bundle(args), read_prompts(args)
     prior = load_prior(args.prior, bundle, force=args.force)
-    sampling = dict(steps=args.steps, cfg=args.cfg, scheduler=args.scheduler, size=args.size)
+    sampling = sampling_kwargs(args)
     with tqdm_progress("rscorrector sample") as on_step:
         corrected = sample_corrected(bundle, prior, prompts, args.seed, last_k=args.k, m_steps=args.m, eta=args.eta,
                                      w_prior=args.w_prior, w_direct=args.w_direct, n_refs=args.n_refs,
@@ -50,15 +50,7 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from ..bench import bench_rscorrector
-
-    print(bench_rscorrector(images=args.images, steps=args.steps, last_k=args.k, m_steps=args.m,
-                            repeats=args.repeats, threads=args.threads).report())
-    return 0
-
-
-def add_rscorrector_parser(verbs, add_model_args, add_sampling_args) -> None:
+def register(verbs) -> None:
     """The `rscorrector` verb with `fit` and `sample`."""
     parser = verbs.add_parser("rscorrector", help="RS-Corrector: fit a latent prior, sample with correction")
     actions = parser.add_subparsers(dest="rscorrector", required=True, metavar="ACTION")
@@ -90,16 +82,3 @@ def add_rscorrector_parser(verbs, add_model_args, add_sampling_args) -> None:
     sample.add_argument("--out", type=Path, required=True, help="output folder for the corrected PNGs")
     sample.add_argument("--compare", type=Path, default=None, help="also write a baseline | corrected grid PNG here")
     sample.set_defaults(func=cmd_sample)
-
-
-def add_rscorrector_bench(bench_verbs) -> None:
-    """`bench rscorrector`: seconds per image, plain vs corrected, one run."""
-    bench: argparse.ArgumentParser = bench_verbs.add_parser(
-        "rscorrector", help="extra seconds per image of RS-Corrector sampling vs plain sampling (tiny model)")
-    bench.add_argument("--images", type=int, default=4, help="images per run (one batch)")
-    bench.add_argument("--steps", type=int, default=20, help="DDIM steps")
-    bench.add_argument("--k", type=int, default=4, help="corrected steps")
-    bench.add_argument("--m", type=int, default=2, help="gradient steps per corrected step")
-    bench.add_argument("--repeats", type=int, default=3, help="timed runs per variant (median)")
-    bench.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    bench.set_defaults(func=cmd_bench)

@@ -1,0 +1,91 @@
+"""Helpers shared by the verb modules: model and sampling options, prompt files, loading
+the model bundle, and one option per field of a settings dataclass."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from pathlib import Path
+
+from ..config import load_config_file
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default="default",
+                       help="'default' (the embedded bias-lab world model), 'tiny' (a random test model), a diffusers "
+                            "folder, or a single-file .safetensors checkpoint")
+    group.add_argument("--model-config", default=None,
+                       help="single-file only: bundled config name (sd15, sd21) or a local diffusers folder; "
+                            "default: detected from the checkpoint")
+    group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    group.add_argument("--dtype", default="float32", choices=DTYPES, help="weights dtype of the frozen model")
+
+
+def load_bundle(args):
+    """The model named by the options of `add_model_args`."""
+    import torch
+
+    from ..models import load_model
+
+    return load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device, config=args.model_config)
+
+
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    from ..sampling import SCHEDULERS
+
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
+    group.add_argument("--prompts-file", type=Path, help="a text file with one prompt per line")
+    group.add_argument("--seed", type=int, default=0, help="seed of the first prompt; prompt i uses seed + i")
+    group.add_argument("--steps", type=int, default=20, help="denoising steps")
+    group.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
+    group.add_argument("--scheduler", default="ddim", choices=sorted(SCHEDULERS), help="diffusers sampler")
+    group.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's)")
+    group.add_argument("--lora-strength", type=float, default=1.0, help="LoRA scale (0 = baseline)")
+
+
+def read_prompts(args) -> list[str]:
+    """The --prompt values, then the non-empty lines of --prompts-file (UTF-8; a byte-order
+    mark, as Notepad writes, is dropped)."""
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        lines = args.prompts_file.read_text(encoding="utf-8-sig").splitlines()
+        prompts += [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise SystemExit("error: give at least one --prompt or a --prompts-file")
+    return prompts
+
+
+def sampling_kwargs(args) -> dict:
+    return dict(steps=args.steps, cfg=args.cfg, scheduler=args.scheduler, size=args.size)
+
+
+def add_dataclass_args(group, cls, skip: tuple[str, ...] = ()) -> None:
+    """One option per field of the settings dataclass `cls` (None = not given), help from
+    each field's metadata; booleans get --flag / --no-flag."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        kind = hints[field.name]
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.metadata["help"])
+        else:
+            base = float if kind is float else int if kind is int else str
+            group.add_argument(flag, type=base, default=None, help=f"{field.metadata['help']} (default {field.default})")
+
+
+def dataclass_values(args, cls, skip: tuple[str, ...] = ()) -> dict:
+    """The --config file's settings (if given), overridden by the options of `cls`'s fields
+    given on the command line (those of `add_dataclass_args`)."""
+    values = load_config_file(args.config) if args.config else {}
+    for field in dataclasses.fields(cls):
+        value = getattr(args, field.name, None)
+        if field.name not in skip and value is not None:
+            values[field.name] = value
+    return values

@@ -1,0 +1,108 @@
+"""`train`, `sample` and `compare`: a SCoFT LoRA from a CCUB folder, images with it, and a
+baseline-vs-LoRA grid from the same seeds."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from ..config import LossWeights, TrainConfig
+from .common import (
+    add_dataclass_args, add_model_args, add_sampling_args, dataclass_values, load_bundle, read_prompts, sampling_kwargs,
+)
+
+
+def _add_train_config_args(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field (and per loss weight), help from the field metadata."""
+    group = parser.add_argument_group("training settings (override --config)")
+    add_dataclass_args(group, TrainConfig, skip=("weights",))
+    for field in dataclasses.fields(LossWeights):
+        group.add_argument(f"--w-{field.name}", type=float, default=None,
+                           help=f"weight of L_{field.name} (default {field.default})")
+
+
+def train_config_from_args(args) -> TrainConfig:
+    values = dataclass_values(args, TrainConfig, skip=("weights",))
+    weights = dict(values.pop("weights", {}) or {})
+    for field in dataclasses.fields(LossWeights):
+        value = getattr(args, f"w_{field.name}")
+        if value is not None:
+            weights[field.name] = value
+    values["weights"] = weights
+    return TrainConfig.from_dict(values)
+
+
+def cmd_train(args) -> int:
+    from ..data import load_ccub
+    from ..progress import tqdm_progress
+    from ..stages import train_scoft
+
+    config = train_config_from_args(args)
+    bundle = load_bundle(args)
+    dataset = load_ccub(args.data, resolution=args.resolution or bundle.resolution, center_crop=not args.random_crop,
+                        random_flip=args.flip, **({"culture_terms": args.culture_terms} if args.culture_terms else {}))
+    with tqdm_progress("train") as on_step:
+        outputs = train_scoft(bundle, dataset, config, args.out, on_step=on_step,
+                              resume=(True if args.resume == "latest" else args.resume))
+    print(f"LoRA: {outputs.lora}\nloss history: {outputs.history_json}\nloss plot: {outputs.loss_plot}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from ..atomic import atomic_save_image
+    from ..progress import tqdm_progress
+    from ..sampling import sample
+
+    bundle, prompts = load_bundle(args), read_prompts(args)
+    with tqdm_progress("sample") as on_step:
+        images = sample(bundle, prompts, args.seed, lora_path=args.lora, lora_strength=args.lora_strength,
+                        on_step=on_step, **sampling_kwargs(args))
+    for i, image in enumerate(images):
+        path = args.out / f"{i:03d}_seed{args.seed + i}.png"
+        atomic_save_image(image, path)
+        print(path)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from ..progress import tqdm_progress
+    from ..stages import compare
+
+    bundle, prompts = load_bundle(args), read_prompts(args)
+    with tqdm_progress("compare") as on_step:
+        path = compare(bundle, args.lora, prompts, args.out, seed=args.seed, lora_strength=args.lora_strength,
+                       on_step=on_step, **sampling_kwargs(args))
+    print(f"grid: {path}")
+    return 0
+
+
+def register(verbs) -> None:
+    """The `train`, `sample` and `compare` verbs."""
+    train = verbs.add_parser("train", help="train a SCoFT LoRA on a CCUB folder",
+                             description="Train a SCoFT LoRA (L_LDM, L_M, L_P, L_C) on a CCUB-format folder.")
+    add_model_args(train)
+    train.add_argument("--data", type=Path, required=True, help="CCUB folder (metadata.jsonl or images + .txt captions)")
+    train.add_argument("--out", type=Path, required=True, help="output folder: LoRA, loss history/plot, checkpoints")
+    train.add_argument("--config", type=Path, help="settings file (.json/.yaml); command-line options override it")
+    train.add_argument("--resume", default=None, help="checkpoint path, or 'latest' (newest in OUT/checkpoints)")
+    train.add_argument("--resolution", type=int, default=None, help="training image side (default: the model's)")
+    train.add_argument("--random-crop", action="store_true", help="random instead of center crop")
+    train.add_argument("--flip", action="store_true", help="random horizontal flip")
+    train.add_argument("--culture-terms", nargs="+", help="words removed to derive generic captions (blip_text)")
+    _add_train_config_args(train)
+    train.set_defaults(func=cmd_train)
+
+    sample = verbs.add_parser("sample", help="generate images, optionally with a LoRA")
+    add_model_args(sample)
+    add_sampling_args(sample)
+    sample.add_argument("--lora", type=Path, help="a LoRA .safetensors (kohya format)")
+    sample.add_argument("--out", type=Path, required=True, help="output folder for PNGs")
+    sample.set_defaults(func=cmd_sample)
+
+    compare = verbs.add_parser("compare", help="baseline vs LoRA grid from the same seeds")
+    add_model_args(compare)
+    add_sampling_args(compare)
+    compare.add_argument("--lora", type=Path, required=True, help="a LoRA .safetensors (kohya format)")
+    compare.add_argument("--out", type=Path, required=True, help="grid PNG path")
+    compare.set_defaults(func=cmd_compare)
