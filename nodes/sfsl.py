@@ -26,7 +26,7 @@ from .common import (
     CCUB_KIND, CLASSIFIERS_KIND, SCOFT_LORA, SCOFT_MODEL, SAMPLE, check_folder, check_model_path, dataset_choices,
     input_folder, model_path, progress_callback, tip, weight_choices,
 )
-from .train import CHOICES, RANGES, RUNS_FOLDER, run_folder, run_training
+from .train import CHOICES, RANGES, RUNS_FOLDER, preview_input, run_folder, run_training
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +192,7 @@ class SFSLTrain:
                     "checkpoint_every steps); the settings must match. Off, or no checkpoint yet = start at step 0.",
                     default=False,
                 )),
+                "preview_every": preview_input("the instance and the class prompt"),
             }
         }
 
@@ -206,7 +207,7 @@ class SFSLTrain:
         return True
 
     def train(self, model, instance_folder: str, class_images: int, class_image_steps: int, run_name: str,
-              resume: bool, **settings):
+              resume: bool, preview_every: int, **settings):
         config = build_config(settings)
         folder = run_folder(run_name)
         references = resolve_folder(instance_folder)
@@ -229,6 +230,7 @@ class SFSLTrain:
         run = run_training(
             train_sfsl, folder, config.steps, resume, f"SFSL {config.instance_prompt!r}",
             bundle=model, instances=instances, classes=classes, config=config, lora_name=LORA_NAME,
+            preview_every=preview_every,
         )
         summary = (
             f"{run.report}\nreferences: {len(instances)} images in {references}\n{class_note}"

@@ -138,6 +138,30 @@ def run_folder(run_name: str) -> Path:
     return Path(folder_paths.get_output_directory()) / RUNS_FOLDER / run_name
 
 
+def preview_input(prompts: str) -> tuple:
+    """The preview_every widget of a training node; `prompts` names what a preview samples."""
+    return ("INT", tip(
+        f"Every N steps, sample {prompts} (prompt i from seed + i) with the model being trained, next to the base "
+        "model's images and the loss curves so far; shown in this node while it trains and saved as "
+        f"output/{RUNS_FOLDER}/<run_name>/previews/step_XXXXXX.png (the last step always gets one). Each preview "
+        "costs about one sampling of those prompts (the base model's are made once). 0 = off. (integer 0..1000000)",
+        default=50, min=0, max=1_000_000,
+    ))
+
+
+def preview_callback():
+    """An engine on_preview(step, total, image) that shows the PIL image in the running node
+    through ComfyUI's progress preview (a ("PNG", image, max side) tuple, kept at full size)."""
+    import comfy.utils
+
+    bar = comfy.utils.ProgressBar(1)
+
+    def on_preview(step: int, total: int, image) -> None:
+        bar.update_absolute(step, total, ("PNG", image, max(image.size)))
+
+    return on_preview
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingRun:
     """What a training node hands back: the LoRA, its loss plot as an IMAGE, a summary head."""
@@ -156,7 +180,8 @@ def run_training(train, folder: Path, steps: int, resume: bool, label: str, **kw
         logger.info("resume: no checkpoint in %s yet; training from step 0", folder / "checkpoints")
     started = time.monotonic()
     with torch.inference_mode(False), torch.enable_grad():
-        outputs = train(output_dir=folder, on_step=progress_callback(steps), resume=bool(checkpoints), **kwargs)
+        outputs = train(output_dir=folder, on_step=progress_callback(steps), on_preview=preview_callback(),
+                        resume=bool(checkpoints), **kwargs)
     lora = LoraFile.from_file(outputs.lora)
     with Image.open(outputs.loss_plot) as plot:
         loss_plot = pil_to_batch(plot)
@@ -203,6 +228,7 @@ class SCoFTTrain:
                     "checkpoint_every steps); the settings must match. Off, or no checkpoint yet = start at step 0.",
                     default=False,
                 )),
+                "preview_every": preview_input("four of the dataset's prompts"),
             }
         }
 
@@ -215,11 +241,11 @@ class SCoFTTrain:
                 return verdict
         return True
 
-    def train(self, model, dataset, run_name: str, resume: bool, **settings):
+    def train(self, model, dataset, run_name: str, resume: bool, preview_every: int, **settings):
         config = build_config(weight_paths(settings))
         run = run_training(
             train_scoft, run_folder(run_name), config.steps, resume, f"SCoFT {config.preset}",
-            bundle=model, dataset=dataset, config=config, lora_name=LORA_NAME,
+            bundle=model, dataset=dataset, config=config, lora_name=LORA_NAME, preview_every=preview_every,
         )
         summary = f"{run.report}\nLoRA rank {run.lora.rank}, alpha {run.lora.alpha:g}: {run.lora.path}"
         logger.info("%s", summary.replace("\n", "; "))
