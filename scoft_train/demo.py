@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from .assets import BIASLAB_CCUB_DIR
 from .atomic import atomic_write_text
-from .biaslab import BIASLAB_CCUB_DIR
 from .biaslab.artefacts import WORLD_SAMPLING, load_world_judge
 from .biaslab.corpus import held_out_prompts
 from .biaslab.evaluate import judge_generated
