@@ -23,6 +23,7 @@ from diffusers.models.model_loading_utils import load_state_dict
 
 from .atomic import atomic_save_safetensors
 from .ldm_layout import Rules, _apply, unet_rules
+from .weightfile import read_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -82,15 +83,13 @@ def _load_single_file(path: Path, dtype: torch.dtype, config_dir: Path) -> Contr
             f"ControlNet config {config_file} is missing: pass a folder holding a diffusers config.json"
         )
     config = json.loads(config_file.read_text(encoding="utf-8"))
-    try:
-        state = load_state_dict(str(path))  # safetensors, or torch.load(weights_only=True)
-    except Exception as error:  # diffusers wraps the weights-only refusal in a generic error
-        raise ValueError(
-            f"{path} cannot be read as plain tensors ({type(error).__name__}: {str(error).splitlines()[0]}); "
-            "a .pth is only read with torch.load(weights_only=True): convert it to .safetensors"
-        ) from error
-    while isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
+    if path.suffix.lower() == ".safetensors":
+        state, header = read_safetensors(
+            path, what="ControlNet", fix="it is probably a partial download or copy: download it again"
+        )
+    else:
+        state, header = _load_tensors_only(path), {}
+    _refuse_control_lora(path, state, header)
     converted = {k: v for k, v in convert_controlnet_checkpoint(state, config).items() if v is not None}
     with torch.device("meta"):
         model = ControlNetModel.from_config(config)
@@ -107,6 +106,37 @@ def _load_single_file(path: Path, dtype: torch.dtype, config_dir: Path) -> Contr
     model.load_state_dict(converted, strict=True, assign=True)
     logger.info("loaded ControlNet %s (%d tensors, config %s)", path, len(converted), config_dir)
     return model
+
+
+def _load_tensors_only(path: Path) -> dict:
+    """The state dict of a .pth/.pt/.ckpt through torch.load(weights_only=True), unwrapped."""
+    try:
+        state = load_state_dict(str(path))
+    except Exception as error:  # diffusers wraps the weights-only refusal in a generic error
+        raise ValueError(
+            f"{path} cannot be read as plain tensors ({type(error).__name__}: {str(error).splitlines()[0]}); "
+            "a .pth is only read with torch.load(weights_only=True): convert it to .safetensors"
+        ) from error
+    while isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    return state
+
+
+def _refuse_control_lora(path: Path, state: Mapping[str, Any], header: Mapping[str, str]) -> None:
+    """Refuse a control-LoRA (Stability AI's rank-reduced ControlNet, kept in the same folder
+    as ControlNets by ComfyUI): it holds low-rank `.up`/`.down` differences to a base UNet."""
+    marker = "lora_controlnet" in state or "lora_controlnet" in header
+    pairs = sum(1 for key in state if key.endswith(".up") and key.removesuffix(".up") + ".down" in state)
+    if not marker and not pairs:
+        return
+    evidence = ", ".join(
+        ([f"{pairs} low-rank .up/.down weight pairs"] if pairs else []) + (["a 'lora_controlnet' entry"] if marker else [])
+    )
+    raise ValueError(
+        f"{path} is a control-LoRA ({evidence}), not a full ControlNet: it stores only low-rank changes to a "
+        f"base model's UNet and cannot be used as the depth ControlNet. A full SD 1.x depth ControlNet is "
+        f"needed: {WHERE_TO_GET}"
+    )
 
 
 def controlnet_rules(config: Mapping[str, Any]) -> Rules:

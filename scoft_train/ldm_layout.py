@@ -1,7 +1,9 @@
 """The original-LDM ("single file") key layout of SD 1.x/2.x: recognise it, write it.
 
-Reading: `checkpoint_shapes`, `require_parts` and `detect_sd_version` look at a file's
-keys and shapes only (a .safetensors header), so choosing a config costs no weight I/O.
+Reading: `checkpoint_shapes`, `refuse_other_families`, `require_parts` and
+`detect_sd_version` look at a file's keys and shapes only (a .safetensors header), so
+choosing a config costs no weight I/O. The model family (SDXL, SD3, Flux, inpainting, a
+LoRA, ...) is recognised before anything else, so a file is refused for what it is.
 Writing: diffusers ships only the LDM -> diffusers direction (`single_file_utils`); this is
 the inverse. The UNet and VAE maps are built from the model configs (block types, block
 count, layers per block), so any SD-1.x-shaped model maps, not only the shipped ones.
@@ -19,9 +21,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors import safe_open
-
 from .atomic import atomic_save_safetensors
+from .weightfile import read_safetensors_header
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,20 @@ VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer.text_model."
 OPEN_CLIP_PREFIX = "cond_stage_model.model."
 SD_VERSIONS_BY_CONTEXT = {768: "sd15", 1024: "sd21"}  # CLIP ViT-L/14 vs OpenCLIP ViT-H/14 width
+SUPPORTED_FAMILIES = (
+    "SCoFT trains SD 1.x and SD 2.x text-to-image models (4-channel UNet input, e.g. SD 1.5 or SD 2.1 "
+    "512/768), as a single-file checkpoint or a diffusers folder"
+)
+# (what a file is, key fragments that only it has), checked in this order.
+_OTHER_FAMILIES = (
+    ("an SDXL model", ("conditioner.embedders.",)),
+    ("an SD3/SD3.5 model", ("joint_blocks.",)),
+    ("a Flux model", ("double_blocks.", "single_blocks.")),
+    ("a Stable Video Diffusion model", (".time_stack.", ".time_mixer.")),
+    ("a LoRA, not a full model", ("lora_unet_", "lora_te_", ".lora_down.", ".lora_A.", "lora_controlnet")),
+    ("a ControlNet, not a full model", ("control_model.", "input_hint_block.")),
+)
+_INPUT_CHANNELS = {9: "an SD 1.x/2.x inpainting model", 8: "an InstructPix2Pix model", 5: "an SD 2.x depth-to-image model"}
 
 # A rule maps a diffusers module prefix to (LDM prefix, renames of the leading names after it).
 Rules = dict[str, tuple[str, dict[str, str]]]
@@ -222,15 +237,17 @@ def save_single_file(
 
 
 def checkpoint_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
-    """{key: shape} of a single-file checkpoint; of a .safetensors only the header is read.
+    """{key: shape} of a single-file checkpoint; of a .safetensors only the header is read,
+    and a truncated or corrupt one is refused by name (weightfile.DamagedFileError).
 
     .ckpt/.pt go through torch.load(weights_only=True), which refuses anything but tensors
     and plain containers; such a refusal becomes a ValueError, nothing is unpickled further.
     """
     path = Path(path)
     if path.suffix.lower() == ".safetensors":
-        with safe_open(str(path), framework="pt") as handle:
-            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+        return read_safetensors_header(
+            path, what="model checkpoint", fix="it is probably a partial download or copy: download it again"
+        )[0]
     try:
         state = _load_tensors_only(path)
     except (pickle.UnpicklingError, RuntimeError) as error:
@@ -250,6 +267,29 @@ def _load_tensors_only(path: Path) -> Any:
         if "mmap" not in str(error):
             raise
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def other_family(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, str] | None:
+    """(what the file is, the key or shape that shows it) for anything but an SD 1.x/2.x
+    text-to-image model (SDXL, SD3, Flux, inpainting, a LoRA, ...); None otherwise."""
+    keys = sorted(shapes)
+    for family, fragments in _OTHER_FAMILIES:
+        key = next((k for k in keys if any(fragment in k for fragment in fragments)), None)
+        if key is not None:
+            return family, f"key {key}"
+    in_shape = shapes.get(UNET_PREFIX + "input_blocks.0.0.weight")
+    if in_shape is not None and len(in_shape) == 4 and in_shape[1] != 4:
+        family = _INPUT_CHANNELS.get(in_shape[1], "an SD variant that is not text-to-image")
+        return family, f"the UNet takes {in_shape[1]} input channels, text-to-image takes 4"
+    return None
+
+
+def refuse_other_families(shapes: Mapping[str, tuple[int, ...]], source: str | os.PathLike) -> None:
+    """Refuse a file of another model family, saying what it is and what is supported."""
+    found = other_family(shapes)
+    if found is not None:
+        family, evidence = found
+        raise ValueError(f"{source} is {family} ({evidence}); {SUPPORTED_FAMILIES}")
 
 
 def require_parts(shapes: Mapping[str, tuple[int, ...]], source: str | os.PathLike) -> None:
@@ -273,19 +313,14 @@ def require_parts(shapes: Mapping[str, tuple[int, ...]], source: str | os.PathLi
 
 
 def detect_sd_version(shapes: Mapping[str, tuple[int, ...]], source: str | os.PathLike = "checkpoint") -> str:
-    """"sd15" or "sd21" from the UNet's cross-attention width (attn2.to_k input features)."""
-    if any(key.startswith("conditioner.embedders.") for key in shapes):
-        raise ValueError(f"{source}: looks like SDXL (conditioner.embedders.* keys); only SD 1.x/2.x are supported")
+    """"sd15" or "sd21" from the UNet's cross-attention width (attn2.to_k input features);
+    other families are refused first (`refuse_other_families`)."""
+    refuse_other_families(shapes, source)
     unet_keys = [key for key in shapes if key.startswith(UNET_PREFIX)]
     if not unet_keys:
         raise ValueError(
             f"{source}: no {UNET_PREFIX}* keys, so not an original-layout SD checkpoint; "
             f"first keys found: {sorted(shapes)[:5]}"
-        )
-    in_shape = shapes.get(UNET_PREFIX + "input_blocks.0.0.weight")
-    if in_shape is not None and len(in_shape) == 4 and in_shape[1] != 4:
-        raise ValueError(
-            f"{source}: the UNet takes {in_shape[1]} input channels (inpainting or similar); only 4 is supported"
         )
     widths = sorted({shapes[key][-1] for key in unet_keys if key.endswith("attn2.to_k.weight")})
     if len(widths) == 1 and widths[0] in SD_VERSIONS_BY_CONTEXT:

@@ -17,7 +17,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, SchedulerMixin, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .ldm_layout import checkpoint_shapes, detect_sd_version, require_parts
+from .ldm_layout import checkpoint_shapes, detect_sd_version, refuse_other_families, require_parts
 from .tiny import build_tiny_components
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -238,6 +238,7 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | os.PathLike 
             f"{path}: unsupported checkpoint type {path.suffix!r}; expected one of {SINGLE_FILE_SUFFIXES}"
         )
     shapes = checkpoint_shapes(path)
+    refuse_other_families(shapes, path)
     require_parts(shapes, path)
     config_name = detect_sd_version(shapes, path) if config is None else str(config)
     config_dir = _config_dir(config_name)

@@ -16,6 +16,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from scoft_train.atomic import atomic_save_safetensors
 from scoft_train.ldm_layout import (
+    SUPPORTED_FAMILIES,
     TEXT_PREFIX,
     UNET_PREFIX,
     VAE_PREFIX,
@@ -184,6 +185,63 @@ def test_bundled_configs_map_to_the_original_layout(name, context, text_keys):
         assert back.keys() == ref.keys(), part
         assert all(back[k].shape == ref[k].shape for k in ref), part
     assert detect_sd_version({k: tuple(v.shape) for k, v in ldm.items()}) == name
+
+
+SD15_INPUT = UNET_PREFIX + "input_blocks.0.0.weight"
+# Small stand-ins with the keys and shapes that mark each family in real single files.
+OTHER_FAMILIES = {
+    "an SDXL model (key conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight)": {
+        "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": (8, 4),
+        "conditioner.embedders.1.model.token_embedding.weight": (8, 4),
+        UNET_PREFIX + "label_emb.0.0.weight": (8, 4),
+        SD15_INPUT: (8, 4, 3, 3),
+        VAE_PREFIX + "encoder.conv_in.weight": (8, 3, 3, 3),
+    },
+    "an SDXL model (key conditioner.embedders.0.model.token_embedding.weight)": {  # the refiner
+        "conditioner.embedders.0.model.token_embedding.weight": (8, 4),
+        SD15_INPUT: (8, 4, 3, 3),
+    },
+    "an SD3/SD3.5 model (key model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight)": {
+        UNET_PREFIX + "joint_blocks.0.x_block.attn.qkv.weight": (12, 4),
+        UNET_PREFIX + "x_embedder.proj.weight": (4, 16, 2, 2),
+        "text_encoders.clip_l.transformer.text_model.embeddings.token_embedding.weight": (8, 4),
+        VAE_PREFIX + "encoder.conv_in.weight": (8, 3, 3, 3),
+    },
+    "a Flux model (key double_blocks.0.img_attn.qkv.weight)": {
+        "double_blocks.0.img_attn.qkv.weight": (12, 4),
+        "single_blocks.0.linear1.weight": (12, 4),
+        "img_in.weight": (4, 64),
+    },
+    "an SD 1.x/2.x inpainting model (the UNet takes 9 input channels, text-to-image takes 4)": {
+        SD15_INPUT: (8, 9, 3, 3),
+        VAE_PREFIX + "encoder.conv_in.weight": (8, 3, 3, 3),
+        TEXT_PREFIX + "embeddings.token_embedding.weight": (8, 4),
+    },
+    "a LoRA, not a full model (key lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight)": {
+        "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (2, 8),
+        "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": (8, 2),
+    },
+}
+
+
+@pytest.mark.parametrize("family", sorted(OTHER_FAMILIES))
+def test_other_model_families_are_named_before_any_completeness_check(tmp_path, family):
+    path = tmp_path / "model.safetensors"
+    save_file({key: torch.zeros(shape) for key, shape in OTHER_FAMILIES[family].items()}, str(path))
+    expected = f"{path} is {family}; {SUPPORTED_FAMILIES}"
+    for config in (None, "sd15"):
+        with pytest.raises(ValueError) as caught:
+            load_model(path, config=config)
+        assert str(caught.value) == expected
+    assert "SD 1.x and SD 2.x text-to-image models" in SUPPORTED_FAMILIES
+
+
+def test_an_sd15_file_without_its_text_encoder_is_called_incomplete(tmp_path, tiny_bundle):
+    path = tmp_path / "unet_vae_only.safetensors"
+    save_file({k: v for k, v in ldm_state_dict(tiny_bundle).items() if not k.startswith("cond_stage_model.")},
+              str(path))
+    with pytest.raises(ValueError, match=rf"^{path} lacks weights for: text encoder \(cond_stage_model"):
+        load_model(path)
 
 
 @pytest.mark.parametrize(
