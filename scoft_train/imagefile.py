@@ -112,7 +112,7 @@ def open_oriented(path: str | Path) -> Image.Image:
                 oriented = ImageOps.exif_transpose(image)
     except Image.DecompressionBombError as error:
         raise ImageFileError(
-            f"{path}: too many pixels to decode safely ({error}); downscale it (or raise "
+            f"{path}: has too many pixels to decode safely ({error}); downscale it (or raise "
             "PIL.Image.MAX_IMAGE_PIXELS if you trust the file)"
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:

@@ -90,7 +90,7 @@ def _heic(root: Path) -> None:
 VERDICTS = {
     "non-UTF-8 caption": (_non_utf8_caption, "a.txt: caption is not UTF-8 text (byte 0xe9 at offset 5); save it as UTF-8"),
     "non-UTF-8 metadata": (_non_utf8_metadata, "metadata.jsonl line 1: not UTF-8 text (byte 0xe9 at column 43)"),
-    "decompression bomb": (_bomb, "a.png: image 'a.png' too many pixels to decode safely"),
+    "decompression bomb": (_bomb, "a.png: image 'a.png' has too many pixels to decode safely"),
     "HEIC": (_heic, "IMG_0001.HEIC: is HEIC (iPhone photos), which this installation of Pillow cannot decode"),
 }
 

@@ -99,6 +99,7 @@ def test_writes_k_negatives_per_image_and_lists_them(generated, tiny_bundle, con
                 assert image.size == (64, 64) and image.mode == "RGB"
         assert (root / o["file_name"]).read_bytes() == (CCUB_DEMO_DIR / o["file_name"]).read_bytes()
     assert (root / "metadata.jsonl.bak").read_bytes() == before
+    assert result.dataset.records == load_ccub(root).records, "the returned dataset is what a re-read gives"
     assert Image.open(result.preview).size[1] > 8 * 64
     # the K negatives differ, and batching (3 here) changes nothing beyond float rounding
     a, b = (pixels(root / f"negatives/korea_house_neg{k}.png") for k in (0, 1))
@@ -174,10 +175,13 @@ def test_sidecar_layout_gets_no_metadata_and_load_ccub_finds_the_negatives(tiny_
     with pytest.raises(FileNotFoundError, match="korea_house_depth.png"):
         generate_negatives(tiny_bundle, controlnet, root, depth_from_dataset(), NegativeSettings(k=1, steps=1))
     grey = depth_from_estimator(lambda image: image.convert("L").convert("RGB"))
-    generate_negatives(tiny_bundle, controlnet, root, grey, NegativeSettings(k=1, steps=1))
+    loaded = load_ccub(root, resolution=48, random_flip=True)
+    result = generate_negatives(tiny_bundle, controlnet, loaded, grey, NegativeSettings(k=1, steps=1))
     assert not (root / "metadata.jsonl").exists()
-    dataset = load_ccub(root)
+    dataset = load_ccub(root, resolution=48, random_flip=True)
     assert [len(r.negatives) for r in dataset.records] == [1, 1]
+    assert result.dataset.records == dataset.records and result.dataset.resolution == 48
+    assert [len(r.negatives) for r in loaded.records] == [0, 0], "the input dataset is not changed"
 
 
 def test_trainer_consumes_the_negatives(generated, tiny_bundle):
