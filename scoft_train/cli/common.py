@@ -64,6 +64,21 @@ def sampling_kwargs(args) -> dict:
     return dict(steps=args.steps, cfg=args.cfg, scheduler=args.scheduler, size=args.size)
 
 
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    """Options of a training run: output folder, settings file, resume, image side, augmentation."""
+    parser.add_argument("--out", type=Path, required=True, help="output folder: LoRA, loss history/plot, checkpoints")
+    parser.add_argument("--config", type=Path, help="settings file (.json/.yaml); command-line options override it")
+    parser.add_argument("--resume", default=None, help="checkpoint path, or 'latest' (newest in OUT/checkpoints)")
+    parser.add_argument("--resolution", type=int, default=None, help="training image side (default: the model's)")
+    parser.add_argument("--random-crop", action="store_true", help="random instead of center crop")
+    parser.add_argument("--flip", action="store_true", help="random horizontal flip")
+
+
+def resume_from(args) -> bool | str | None:
+    """--resume as the trainers take it: True for 'latest', else the checkpoint path (or None)."""
+    return True if args.resume == "latest" else args.resume
+
+
 def add_dataclass_args(group, cls, skip: tuple[str, ...] = ()) -> None:
     """One option per field of the settings dataclass `cls` (None = not given), help from
     each field's metadata; booleans get --flag / --no-flag."""

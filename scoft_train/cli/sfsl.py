@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..sfsl.config import CLASS_TEMPLATE, SFSLConfig
-from .common import add_dataclass_args, add_model_args, dataclass_values, load_bundle
+from .common import add_dataclass_args, add_model_args, add_run_args, dataclass_values, load_bundle, resume_from
 
 
 def cmd_classimages(args) -> int:
@@ -34,8 +34,7 @@ def cmd_train(args) -> int:
     instances = load_image_folder(args.instance_dir, config.instance_prompt, **options)
     classes = load_image_folder(args.class_dir, config.class_prompt, **options) if args.class_dir else None
     with tqdm_progress("sfsl train") as on_step:
-        outputs = train_sfsl(bundle, instances, classes, config, args.out, on_step=on_step,
-                             resume=(True if args.resume == "latest" else args.resume))
+        outputs = train_sfsl(bundle, instances, classes, config, args.out, on_step=on_step, resume=resume_from(args))
     print(f"LoRA: {outputs.lora}\nloss history: {outputs.history_json}\nloss plot: {outputs.loss_plot}")
     return 0
 
@@ -93,12 +92,7 @@ def register(verbs) -> None:
     train.add_argument("--instance-dir", type=Path, required=True, help="folder of reference spurious images")
     train.add_argument("--class-dir", type=Path,
                        help="class image folder (from `sfsl classimages`); needed unless --prior-loss-weight 0")
-    train.add_argument("--out", type=Path, required=True, help="output folder: LoRA, loss history/plot, checkpoints")
-    train.add_argument("--config", type=Path, help="settings file (.json/.yaml); command-line options override it")
-    train.add_argument("--resume", default=None, help="checkpoint path, or 'latest' (newest in OUT/checkpoints)")
-    train.add_argument("--resolution", type=int, default=None, help="training image side (default: the model's)")
-    train.add_argument("--random-crop", action="store_true", help="random instead of center crop")
-    train.add_argument("--flip", action="store_true", help="random horizontal flip")
+    add_run_args(train)
     add_dataclass_args(train.add_argument_group("SFSL settings (override --config)"), SFSLConfig)
     train.set_defaults(func=cmd_train)
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..config import LossWeights, TrainConfig
 from .common import (
-    add_dataclass_args, add_model_args, add_sampling_args, dataclass_values, load_bundle, read_prompts, sampling_kwargs,
+    add_dataclass_args, add_model_args, add_run_args, add_sampling_args, dataclass_values, load_bundle, read_prompts,
+    resume_from, sampling_kwargs,
 )
 
 
@@ -43,8 +44,7 @@ def cmd_train(args) -> int:
     dataset = load_ccub(args.data, resolution=args.resolution or bundle.resolution, center_crop=not args.random_crop,
                         random_flip=args.flip, **({"culture_terms": args.culture_terms} if args.culture_terms else {}))
     with tqdm_progress("train") as on_step:
-        outputs = train_scoft(bundle, dataset, config, args.out, on_step=on_step,
-                              resume=(True if args.resume == "latest" else args.resume))
+        outputs = train_scoft(bundle, dataset, config, args.out, on_step=on_step, resume=resume_from(args))
     print(f"LoRA: {outputs.lora}\nloss history: {outputs.history_json}\nloss plot: {outputs.loss_plot}")
     return 0
 
@@ -83,12 +83,7 @@ def register(verbs) -> None:
                              description="Train a SCoFT LoRA (L_LDM, L_M, L_P, L_C) on a CCUB-format folder.")
     add_model_args(train)
     train.add_argument("--data", type=Path, required=True, help="CCUB folder (metadata.jsonl or images + .txt captions)")
-    train.add_argument("--out", type=Path, required=True, help="output folder: LoRA, loss history/plot, checkpoints")
-    train.add_argument("--config", type=Path, help="settings file (.json/.yaml); command-line options override it")
-    train.add_argument("--resume", default=None, help="checkpoint path, or 'latest' (newest in OUT/checkpoints)")
-    train.add_argument("--resolution", type=int, default=None, help="training image side (default: the model's)")
-    train.add_argument("--random-crop", action="store_true", help="random instead of center crop")
-    train.add_argument("--flip", action="store_true", help="random horizontal flip")
+    add_run_args(train)
     train.add_argument("--culture-terms", nargs="+", help="words removed to derive generic captions (blip_text)")
     _add_train_config_args(train)
     train.set_defaults(func=cmd_train)
