@@ -1,15 +1,17 @@
-"""Training settings: loss weights, the paper's ablation presets, TrainConfig."""
+"""Training settings: the loop's (LoopConfig), SCoFT's (TrainConfig: loss weights, the paper's
+ablation presets). Each setting is declared once, with its range and choices (settings.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .features import BACKBONES
 from .generation import GRAD_MODES
 from .losses import CONTRASTIVE_FORMS
+from .settings import from_mapping, help_of, problems, setting
 
 LOSS_NAMES = ("ldm", "mem", "perceptual", "contrastive")
 
@@ -22,6 +24,12 @@ PRESETS: dict[str, tuple[str, ...]] = {
 }
 LR_SCHEDULES = ("cosine", "constant", "linear")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+SEED_MAX = 0xFFFFFFFF
+
+
+def backbone_names() -> tuple[str, ...]:
+    """The feature backbones known now (read at check time: the registry may grow)."""
+    return tuple(BACKBONES)
 
 
 @dataclass(frozen=True)
@@ -35,58 +43,74 @@ class LossWeights:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Every trainer setting. Defaults follow the SCoFT reference code where it has one;
-    each field's metadata carries the help text shown by the CLI and the node tooltips."""
+class LoopConfig:
+    """The LoRA training loop's settings, shared by every objective (SCoFT, SFSL); each
+    field declares its default, help, range and choices once (settings.py)."""
 
-    preset: str = field(default="FT+MPC", metadata={"help": "ablation preset: FT (L_LDM), FT+M, FT+MP, FT+MPC (= SCoFT, all four losses)"})
-    weights: LossWeights = field(default_factory=LossWeights)
-    steps: int = field(default=100, metadata={"help": "optimizer steps to train"})
-    batch_size: int = field(default=1, metadata={"help": "CCUB examples per micro-batch"})
-    grad_accum: int = field(default=4, metadata={"help": "micro-batches accumulated per optimizer step"})
-    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
-    lr_schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule after warm-up: cosine, constant or linear"})
-    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
-    rank: int = field(default=64, metadata={"help": "LoRA rank"})
-    alpha: float = field(default=64.0, metadata={"help": "LoRA alpha (the update is scaled by alpha/rank)"})
-    seed: int = field(default=0, metadata={"help": "seed of data order, noise, timesteps and the random grad step"})
-    contrastive_every: int = field(default=10, metadata={"help": "run the decoded-generation branch (L_P, L_C) every N steps"})
-    denoise_steps: int = field(default=20, metadata={"help": "denoising steps S of the decoded-generation branch"})
-    cfg: float = field(default=4.5, metadata={"help": "classifier-free guidance scale in the decoded-generation branch"})
-    grad_mode: str = field(default="first", metadata={"help": "which branch step records gradients: first, last or random"})
-    perceptual_backbone: str = field(default="lpips-vgg", metadata={"help": "L_P distance: lpips-vgg, lpips-alex, hf (a local vision model) or biaslab-judge"})
-    perceptual_weights: str | None = field(default=None, metadata={"help": "local weights of the L_P backbone (.safetensors file, or folder for hf)"})
-    contrastive_backbone: str = field(default="lpips-vgg", metadata={"help": "L_C feature space: lpips-vgg, lpips-alex, hf (DINO/CLIP vision folder) or biaslab-judge"})
-    contrastive_weights: str | None = field(default=None, metadata={"help": "local weights of the L_C backbone (.safetensors file, or folder for hf)"})
-    allow_random_backbone: bool = field(default=False, metadata={"help": "allow LPIPS with a random trunk when no weights are given (smoke tests only)"})
-    contrastive_form: str = field(default="unbounded", metadata={"help": "L_C form: unbounded (reference) or hinge"})
-    margin: float = field(default=0.1, metadata={"help": "hinge margin of L_C"})
-    mixed_precision: str = field(default="no", metadata={"help": "autocast on CUDA: no, fp16 or bf16"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for UNet activation memory"})
-    checkpoint_every: int = field(default=0, metadata={"help": "save a resumable checkpoint every K steps (0: only on interrupt)"})
-    checkpoint_limit: int = field(default=2, metadata={"help": "keep at most this many checkpoints (0: keep all)"})
+    steps: int = setting(100, "optimizer steps to train", min=1, max=1_000_000)
+    batch_size: int = setting(1, "training examples per micro-batch", min=1, max=256)
+    grad_accum: int = setting(4, "micro-batches accumulated per optimizer step", min=1, max=1024)
+    lr: float = setting(1e-4, "AdamW learning rate", min=1e-6, max=1.0, step=1e-6)
+    lr_schedule: str = setting("cosine", "learning-rate schedule after warm-up: cosine, constant or linear",
+                               choices=LR_SCHEDULES)
+    warmup_steps: int = setting(0, "linear warm-up steps", min=0, max=1_000_000)
+    max_grad_norm: float = setting(1.0, "gradient clipping norm", min=0.0, max=1000.0, step=0.01)
+    rank: int = setting(64, "LoRA rank", min=1, max=1024)
+    alpha: float = setting(64.0, "LoRA alpha (the update is scaled by alpha/rank)", min=0.0, max=4096.0, step=0.5)
+    seed: int = setting(0, "seed of data order, noise, timesteps and the random grad step", min=0, max=SEED_MAX)
+    denoise_steps: int = setting(20, "denoising steps S of the decoded-generation branch", min=1, max=1000)
+    cfg: float = setting(4.5, "classifier-free guidance scale in the decoded-generation branch", min=0.0, max=30.0,
+                         step=0.1)
+    grad_mode: str = setting("first", "which branch step records gradients: first, last or random", choices=GRAD_MODES)
+    mixed_precision: str = setting("no", "autocast on CUDA: no, fp16 or bf16", choices=MIXED_PRECISION)
+    gradient_checkpointing: bool = setting(False, "trade compute for UNet activation memory")
+    checkpoint_every: int = setting(0, "save a resumable checkpoint every K steps (0: only on interrupt)", min=0,
+                                    max=1_000_000)
+    checkpoint_limit: int = setting(2, "keep at most this many checkpoints (0: keep all)", min=0, max=1000)
 
     def __post_init__(self):
-        checks = [
-            (self.preset in PRESETS, f"preset {self.preset!r}: choose one of {', '.join(PRESETS)}"),
-            (self.grad_mode in GRAD_MODES, f"grad_mode {self.grad_mode!r}: choose one of {GRAD_MODES}"),
-            (self.lr_schedule in LR_SCHEDULES, f"lr_schedule {self.lr_schedule!r}: choose one of {LR_SCHEDULES}"),
-            (self.contrastive_form in CONTRASTIVE_FORMS, f"contrastive_form {self.contrastive_form!r}"),
-            (self.mixed_precision in MIXED_PRECISION, f"mixed_precision {self.mixed_precision!r}"),
-            (self.perceptual_backbone in BACKBONES, f"perceptual_backbone {self.perceptual_backbone!r}"),
-            (self.contrastive_backbone in BACKBONES, f"contrastive_backbone {self.contrastive_backbone!r}"),
-            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),
-            (self.rank >= 1, f"rank must be >= 1, got {self.rank}"),
-            (self.contrastive_every >= 1, f"contrastive_every must be >= 1, got {self.contrastive_every}"),
-            (self.denoise_steps >= 1, f"denoise_steps must be >= 1, got {self.denoise_steps}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-        ]
-        problems = [message for ok, message in checks if not ok]
-        if problems:
-            raise ValueError("invalid training config: " + "; ".join(problems))
+        found = problems(self) + self.cross_field_problems()
+        if found:
+            raise ValueError(f"invalid {self.describe} config: " + "; ".join(found))
+
+    describe = "training"
+
+    def cross_field_problems(self) -> list[str]:
+        """Checks that involve more than one field (the declared ranges are checked anyway)."""
+        return []
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        return help_of(cls, name)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class TrainConfig(LoopConfig):
+    """Every SCoFT trainer setting. Defaults follow the SCoFT reference code where it has one."""
+
+    preset: str = setting("FT+MPC", "ablation preset: FT (L_LDM), FT+M, FT+MP, FT+MPC (= SCoFT, all four losses)",
+                          choices=tuple(PRESETS))
+    weights: LossWeights = dataclasses.field(default_factory=LossWeights)
+    contrastive_every: int = setting(10, "run the decoded-generation branch (L_P, L_C) every N steps", min=1,
+                                     max=1_000_000)
+    perceptual_backbone: str = setting("lpips-vgg", "L_P distance: lpips-vgg, lpips-alex, hf (a local vision model) "
+                                       "or biaslab-judge", choices=backbone_names)
+    perceptual_weights: str | None = setting(None, "local weights of the L_P backbone (.safetensors file, or folder "
+                                             "for hf)")
+    contrastive_backbone: str = setting("lpips-vgg", "L_C feature space: lpips-vgg, lpips-alex, hf (DINO/CLIP vision "
+                                        "folder) or biaslab-judge", choices=backbone_names)
+    contrastive_weights: str | None = setting(None, "local weights of the L_C backbone (.safetensors file, or folder "
+                                              "for hf)")
+    allow_random_backbone: bool = setting(False, "allow LPIPS with a random trunk when no weights are given (smoke "
+                                          "tests only)")
+    contrastive_form: str = setting("unbounded", "L_C form: unbounded (reference) or hinge", choices=CONTRASTIVE_FORMS)
+    margin: float = setting(0.1, "hinge margin of L_C", min=0.0, max=100.0, step=0.01)
 
     @property
     def enabled_losses(self) -> tuple[str, ...]:
@@ -100,26 +124,12 @@ class TrainConfig:
     def needs_decoded_branch(self) -> bool:
         return self.weight("perceptual") > 0 or self.weight("contrastive") > 0
 
-    @staticmethod
-    def help(name: str) -> str:
-        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TrainConfig)}[name]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         values = dict(values)
         if isinstance(values.get("weights"), dict):
             values["weights"] = LossWeights(**values["weights"])
-        return cls(**values)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+        return from_mapping(cls, values, "training")
 
 
 def load_config_file(path: str | Path) -> dict:

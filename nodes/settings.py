@@ -1,0 +1,34 @@
+"""Node widgets derived from the engine's settings declarations (scoft_train/settings.py):
+type, default, range, step and choices come from the dataclass field, the tooltip from its
+help; nothing here restates a bound or a choice list."""
+
+from __future__ import annotations
+
+from ..scoft_train.settings import Spec, specs
+from .common import tip
+
+OPTIONAL_PATH = " Empty = none."
+
+
+def widget(spec: Spec, default=None) -> tuple:
+    """A ComfyUI widget spec for one declared setting (`default` overrides the declared one)."""
+    value = spec.default if default is None else default
+    if spec.choices is not None:
+        return (list(spec.choices), tip(spec.help, default=value))
+    if spec.kind is bool:
+        return ("BOOLEAN", tip(spec.help, default=value))
+    if spec.kind in (int, float):
+        limits = {key: getattr(spec, key) for key in ("min", "max", "step") if getattr(spec, key) is not None}
+        if spec.kind is int:
+            return ("INT", tip(f"{spec.help} (integer {spec.min}..{spec.max})", default=value, **limits))
+        return ("FLOAT", tip(f"{spec.help} ({spec.min:g}..{spec.max:g})", default=value, **limits))
+    if spec.kind is str:
+        return ("STRING", tip(spec.help + (OPTIONAL_PATH if spec.optional else ""), default=value or ""))
+    raise TypeError(f"setting {spec.name}: no widget for type {spec.kind!r}")
+
+
+def widgets(cls: type, names: list[str] | None = None, defaults: dict | None = None) -> dict[str, tuple]:
+    """Widgets for the declared settings of `cls` (all, or `names` in that order)."""
+    declared = {spec.name: spec for spec in specs(cls)}
+    chosen = names if names is not None else list(declared)
+    return {name: widget(declared[name], (defaults or {}).get(name)) for name in chosen}
