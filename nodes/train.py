@@ -189,7 +189,7 @@ def run_training(train, folder: Path, steps: int, resume: bool, label: str, **kw
     losses = ", ".join(f"{key.split('/')[-1]} {value:.4g}" for key, value in last.items() if key.startswith("loss/"))
     report = (
         f"{label}: {last.get('step', 0)}/{steps} steps in {time.monotonic() - started:.1f} s"
-        + (f" (resumed from {checkpoints[-1].name})" if checkpoints else "")
+        + (f" (resumed from {outputs.resumed_from.name})" if outputs.resumed_from else "")
         + f"\nfinal loss {last.get('loss', float('nan')):.4g} ({losses})"
         + f"\nloss plot: {outputs.loss_plot}"
     )

@@ -156,14 +156,14 @@ def check_same_run(path: Path, recorded: RunIdentity, identity: RunIdentity) -> 
 
 
 def latest_checkpoint(folder: Path, identity: RunIdentity) -> tuple[Path, TrainingState]:
-    """The newest readable checkpoint in `folder` of the run `identity`. Damaged ones and
-    other runs' are skipped with a log line naming them. FileNotFoundError when the folder
-    holds none, OtherRunError (what differs from the newest) when none is of this run,
-    DamagedFileError when none is readable."""
+    """The newest readable checkpoint in `folder` of the run `identity`. Damaged ones and,
+    when an older one of this run is found, other runs' are skipped with a log line naming
+    them. FileNotFoundError when the folder holds none, OtherRunError (what differs from
+    the newest) when none is of this run, DamagedFileError when none is readable."""
     found = list_checkpoints(folder)
     if not found:
         raise FileNotFoundError(f"no checkpoint to resume from in {folder}")
-    unreadable, other = [], None
+    unreadable, others = [], []
     for path in reversed(found):
         try:
             recorded = read_identity(path)
@@ -174,12 +174,13 @@ def latest_checkpoint(folder: Path, identity: RunIdentity) -> tuple[Path, Traini
         try:
             check_same_run(path, recorded, identity)
         except OtherRunError as error:
-            log.warning("skipping %s: %s", path.name, error)
-            other = other or error
+            others.append(error)
             continue
+        for error in others:
+            log.warning("skipping a checkpoint of another run: %s", error)
         return path, load_checkpoint(path)
-    if other is not None:
-        raise other
+    if others:
+        raise others[0]
     raise DamagedFileError(
         f"every checkpoint in {folder} is truncated or corrupt ({', '.join(unreadable)}); delete them and "
         "train afresh",

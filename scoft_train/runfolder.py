@@ -8,8 +8,9 @@
   run, pick another folder, or delete its checkpoints. This was chosen over giving the
   new run a subfolder: the LoRA, loss plot and checkpoints stay where the user asked for
   them, `resume` always means that one folder, and nothing of the old run is touched.
-- Once the lock is held, temp files of atomic writes left there by a killed process are
-  removed (`atomic.remove_stale_temps`).
+- Once the lock is held, temp files of atomic writes left by a killed process in the
+  folder and its direct subfolders (checkpoints/, previews/) are removed
+  (`atomic.remove_stale_temps`).
 """
 
 from __future__ import annotations
@@ -39,15 +40,15 @@ class RunFolderError(ValueError):
 
 
 @contextlib.contextmanager
-def claim(folder: Path, clean: tuple[Path, ...] = ()) -> Iterator[None]:
+def claim(folder: Path) -> Iterator[None]:
     """Hold `folder`'s run lock for the duration; first remove dead temp files in `folder`
-    and in each of `clean`."""
+    and its direct subfolders."""
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_NAME
     record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
     _acquire(lock, record)
     try:
-        for place in (folder, *clean):
+        for place in (folder, *(path for path in folder.iterdir() if path.is_dir())):
             remove_stale_temps(place)
         yield
     finally:

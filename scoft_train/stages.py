@@ -26,6 +26,7 @@ class TrainOutputs:
     history_json: Path
     loss_plot: Path
     history: list[dict]
+    resumed_from: Path | None = None  # the checkpoint resumed from (the newest intact one of this run)
 
 
 def run_trainer(trainer, lora_name: str, on_step: OnStep | None = None,
@@ -43,6 +44,7 @@ def run_trainer(trainer, lora_name: str, on_step: OnStep | None = None,
         history_json=save_history_json(history, output_dir / "loss_history.json"),
         loss_plot=plot_losses(history, output_dir / "loss_plot.png"),
         history=history,
+        resumed_from=trainer.resumed_from,
     )
     log.info("LoRA: %s; loss plot: %s", outputs.lora, outputs.loss_plot)
     return outputs

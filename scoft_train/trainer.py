@@ -317,7 +317,7 @@ class SCoFTTrainer:
         """
         if self.output_dir is None:
             return self._train_loop(on_step)
-        with runfolder.claim(self.output_dir, clean=(self.checkpoint_dir,)):
+        with runfolder.claim(self.output_dir):
             if self.step == 0 and self.resumed_from is None:
                 runfolder.refuse_fresh_start(self.checkpoint_dir, self.run_identity())
             return self._train_loop(on_step)

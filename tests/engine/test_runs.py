@@ -131,7 +131,8 @@ def test_rotation_and_resume_leave_another_runs_checkpoints_alone(tiny_bundle, d
     run = trainer(tiny_bundle, dataset, tmp_path, steps=3, checkpoint_every=1, checkpoint_limit=1)
     with caplog.at_level(logging.WARNING):
         assert run.resume() == 1
-    assert "skipping step_000050.safetensors" in caplog.text and "seed: 0 now, 7 in the checkpoint" in caplog.text
+    assert (f"skipping a checkpoint of another run: {foreign_path} belongs to another run: seed: 0 now, 7 in the "
+            "checkpoint") in caplog.text
     run.train()
     assert names(tmp_path / "checkpoints") == ["step_000003.safetensors", "step_000050.safetensors"]
     assert foreign_path.read_bytes() == foreign_bytes
@@ -235,8 +236,9 @@ def test_a_failed_save_on_interrupt_keeps_the_interrupt(tiny_bundle, dataset, tm
 def test_dead_temp_files_are_removed_when_the_next_run_starts(tiny_bundle, dataset, tmp_path):
     with pytest.raises(Interrupt):
         trainer(tiny_bundle, dataset, tmp_path, steps=2).train(stop_at(1))
+    (tmp_path / "previews").mkdir()
     dead = [tmp_path / "checkpoints" / ".step_000002.safetensors.k3j4h5g6.tmp",
-            tmp_path / ".scoft_lora.safetensors.a_b_c_d_.tmp"]
+            tmp_path / ".scoft_lora.safetensors.a_b_c_d_.tmp", tmp_path / "previews" / ".step_000001.png.x1y2z3w4.tmp"]
     for path in dead:
         path.write_bytes(b"\x00" * 1024)
     run = trainer(tiny_bundle, dataset, tmp_path, steps=2)
