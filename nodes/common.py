@@ -231,8 +231,12 @@ def _walk(root: Path, keep, depth: int = _LIST_DEPTH, prefix: str = ""):
         except PathOutsideRoots:
             if not allow_any_path():
                 continue
-        is_dir = entry.is_dir()
-        if keep(entry, is_dir):
+        try:
+            is_dir = entry.is_dir()
+            kept = keep(entry, is_dir)
+        except OSError:  # unreadable entries are not offered
+            continue
+        if kept:
             yield name
         elif is_dir and depth > 1 and entry.name not in _SKIP_DIRS:
             yield from _walk(entry, keep, depth - 1, name + "/")
