@@ -245,3 +245,24 @@ def test_dead_temp_files_are_removed_when_the_next_run_starts(tiny_bundle, datas
     run.resume()
     run.train()
     assert not any(path.exists() for path in dead)
+
+
+def test_sfsl_runs_own_their_folder_too(tiny_bundle, tmp_path):
+    from scoft_train.sfsl import SFSLConfig, SFSLTrainer, load_image_folder
+
+    def sfsl(**changes) -> SFSLTrainer:
+        settings = dict(class_name="house", rank=2, alpha=2.0, grad_accum=1, prior_loss_weight=0.0,
+                        spurious_weight=0.0, steps=1, checkpoint_every=1)
+        config = SFSLConfig(**{**settings, **changes})
+        instances = load_image_folder(CCUB_DEMO_DIR / "images", config.instance_prompt, resolution=64)
+        return SFSLTrainer(tiny_bundle, instances, None, config, tmp_path)
+
+    first = sfsl()
+    first.train()
+    recorded = read_identity(tmp_path / "checkpoints" / "step_000001.safetensors")
+    assert recorded.datasets == {"dataset": first.dataset.fingerprint} and recorded.config["class_name"] == "house"
+    with pytest.raises(RunFolderError, match=r"another run \(rank: 4 now, 2 in the checkpoint\)"):
+        sfsl(rank=4).train()
+    with pytest.raises(OtherRunError, match='class_name: "tent" now, "house" in the checkpoint'):
+        sfsl(class_name="tent").resume()
+    assert sfsl(steps=2).resume() == 1
