@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
 from .atomic import atomic_save_safetensors
 from .weightfile import read_safetensors_header
 

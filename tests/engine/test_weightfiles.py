@@ -8,7 +8,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from scoft_train.controlnet import WHERE_TO_GET, build_tiny_controlnet, load_controlnet, save_controlnet_single_file
+from scoft_train.controlnet import (
+    WHERE_TO_GET,
+    build_tiny_controlnet,
+    load_controlnet,
+    save_controlnet_single_file,
+)
 from scoft_train.models import load_model
 from scoft_train.weightfile import DamagedFileError
 
