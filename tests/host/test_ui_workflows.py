@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from .helpers import REPO_ROOT, launch_browser, open_app, start_comfy_host, stop_comfy_host
+from .test_layout import arrange
 
 WORKFLOWS = REPO_ROOT / "workflows"
 NAMES = ("scoft_finetune_compare", "sample_compare", "rs_corrector_compare", "sfsl_spurious")
@@ -194,7 +195,8 @@ def regenerate() -> None:
         try:
             app = open_app(browser, host.url)
             for name in NAMES:
-                graph = build_ui_graph(app.page, name)
+                api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text(encoding="utf-8"))
+                graph = arrange(name, build_ui_graph(app.page, name), api)
                 target = WORKFLOWS / f"{name}.json"
                 target.write_text(json.dumps(graph, indent=1) + "\n", encoding="utf-8")
                 logging.info("wrote %s", target)
