@@ -5,8 +5,10 @@ invented minority cultures are mostly shown as one drab stereotype, it draws tha
 stereotype when asked for them. The demo takes a working copy of the shipped CCUB
 folder (authentic images of every culture), makes the negatives the paper's way
 (depth + ControlNet with the pretrained model), trains a SCoFT (FT+MPC) LoRA with the
-judge's feature space as the perceptual backbone, and writes a baseline | SCoFT grid
-from the same seeds plus a judge-scored table of stereotype rates before and after.
+judge's feature space as the perceptual backbone (with a live preview every
+PREVIEW_EVERY steps in previews/), and writes a baseline | LoRA 0.5 | SCoFT grid, three
+seeds per prompt from the same seeds, each cell badged with the judge's verdict, plus a
+judge-scored table of rates before and after with 95% bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .assets import BIASLAB_CCUB_DIR
@@ -37,6 +40,13 @@ from .stages import compare, train_scoft
 log = logging.getLogger(__name__)
 
 SAMPLES_PER_PROMPT = 4
+RATES = ("stereotype", "relevant", "faithful")
+BOOTSTRAP_DRAWS = 2000
+PREVIEW_EVERY = 50
+GRID_SEEDS = 3  # samples per prompt in the comparison grid
+GRID_STRENGTHS = (0.5,)  # LoRA strengths shown between baseline and SCoFT (1.0)
+STEREOTYPE_MARK = ("S", (200, 30, 30))
+AUTHENTIC_MARK = ("R", (20, 140, 60))
 
 
 @dataclass(frozen=True)
@@ -56,25 +66,77 @@ def demo_config(steps: int) -> TrainConfig:
     )
 
 
+def bootstrap_interval(hits: torch.Tensor, draws: int = BOOTSTRAP_DRAWS, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of the mean of `hits` [prompts, samples] (0/1 or any values, or a
+    paired difference of them) under a two-stage bootstrap: prompts drawn with replacement,
+    then the samples within each drawn prompt with replacement. Returns (low, high)."""
+    values = hits.double().numpy()
+    prompts, samples = values.shape
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(prompts, size=(draws, prompts, 1))
+    cols = rng.integers(samples, size=(draws, prompts, samples))
+    means = values[rows, cols].mean(axis=(1, 2))
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def judge_marks(judge, prompt_rows: dict[str, tuple[str, str]]):
+    """A grid scorer: the judge's verdict per image as a badge, S (red) = the stereotype,
+    R (green) = the named culture's own signature; no badge = neither."""
+
+    def scorer(prompts: list[str], pixels: torch.Tensor) -> list:
+        verdicts = judge_generated(judge, pixels.permute(0, 3, 1, 2) * 2 - 1,
+                                   [prompt_rows[p][0] for p in prompts], [prompt_rows[p][1] for p in prompts])
+        return [STEREOTYPE_MARK if bad else AUTHENTIC_MARK if own else None
+                for bad, own in zip(verdicts.stereotype.tolist(), verdicts.relevant.tolist())]
+
+    return scorer
+
+
 def stereotype_table(bundle, lora: Path, seed: int = 0) -> tuple[str, dict]:
-    """Judge verdicts on the minority cultures' held-out prompts, baseline vs SCoFT, same seeds."""
+    """Judge verdicts on the minority cultures' held-out prompts, baseline vs SCoFT, same seeds,
+    each rate with its 95% two-stage bootstrap interval, and the SCoFT - baseline change
+    with a paired interval (same resampled prompts and samples for both)."""
     judge = load_world_judge()
     rows = [row for row in held_out_prompts() if row[1] in MINORITY for _ in range(SAMPLES_PER_PROMPT)]
     prompts = [row[0] for row in rows]
-    results = {}
+    hits, results = {}, {}
     for name, lora_path in (("baseline", None), ("SCoFT", lora)):
         pixels = sample_tensor(bundle, prompts, seed, lora_path=lora_path, batch_size=64, **{
             k: WORLD_SAMPLING[k] for k in ("scheduler", "steps", "cfg")
         })
         verdicts = judge_generated(judge, pixels.permute(0, 3, 1, 2) * 2 - 1,
                                    [r[1] for r in rows], [r[2] for r in rows])
-        results[name] = {what: verdicts.rate(what, MINORITY) for what in ("stereotype", "relevant", "faithful")}
+        hits[name] = {what: getattr(verdicts, what).reshape(-1, SAMPLES_PER_PROMPT) for what in RATES}
+        results[name] = {what: {"rate": verdicts.rate(what, MINORITY), "ci95": bootstrap_interval(hits[name][what], seed=seed)}
+                         for what in RATES}
+    results["SCoFT - baseline"] = {
+        what: {"rate": results["SCoFT"][what]["rate"] - results["baseline"][what]["rate"],
+               "ci95": bootstrap_interval(hits["SCoFT"][what].double() - hits["baseline"][what].double(), seed=seed)}
+        for what in RATES
+    }
+
+    def cell(entry: dict, number: str) -> str:
+        return f"{entry['rate']:{number}} [{entry['ci95'][0]:{number}}, {entry['ci95'][1]:{number}}]"
+
     lines = [
-        f"Minority cultures ({', '.join(MINORITY)}), {len(prompts)} samples, judged:",
+        f"Minority cultures ({', '.join(MINORITY)}): {len(prompts) // SAMPLES_PER_PROMPT} held-out prompts x "
+        f"{SAMPLES_PER_PROMPT} samples = {len(prompts)} images per model, same seeds, judged by the world's judge.",
         "",
         "| model | stereotype rate | cultural relevance | description fidelity |",
         "|---|---|---|---|",
-        *(f"| {name} | {r['stereotype']:.2f} | {r['relevant']:.2f} | {r['faithful']:.2f} |" for name, r in results.items()),
+        *(f"| {name} | " + " | ".join(cell(r[what], "+.2f" if " - " in name else ".2f") for what in RATES) + " |"
+          for name, r in results.items()),
+        "",
+        f"Each cell: the rate, then its 95% interval in brackets: a two-stage bootstrap ({BOOTSTRAP_DRAWS} draws, "
+        "seed 0) that draws the prompts with replacement and then the samples within each drawn prompt, "
+        "percentile method. The last row is the change, with a paired interval (both models resampled with the "
+        "same prompts and samples); an interval that excludes 0 is a change beyond sampling noise.",
+        "",
+        "Grid badges: S (red) = the judge sees the stereotype; R (green) = it sees the named culture's own "
+        "signature; no badge = neither.",
     ]
     return "\n".join(lines) + "\n", results
 
@@ -93,9 +155,12 @@ def run_demo(out_dir: str | Path, steps: int = 300, seed: int = 0) -> DemoResult
             on_step=on_step, preview=out_dir / "negatives_preview.png",
         ).dataset
     with tqdm_progress("SCoFT training") as on_step:
-        trained = train_scoft(bundle, dataset, demo_config(steps), out_dir, on_step=on_step)
-    prompts = [f"a {concept} in {culture}" for culture in MINORITY for concept in ("house", "meal")]
-    grid = compare(bundle, trained.lora, prompts, out_dir / "compare_grid.png", seed=seed, **WORLD_SAMPLING)
+        trained = train_scoft(bundle, dataset, demo_config(steps), out_dir, on_step=on_step,
+                              preview_every=PREVIEW_EVERY)
+    prompt_rows = {f"a {concept} in {culture}": (culture, concept) for culture in MINORITY for concept in ("house", "meal")}
+    grid = compare(bundle, trained.lora, list(prompt_rows), out_dir / "compare_grid.png", seed=seed,
+                   seeds_per_prompt=GRID_SEEDS, extra_strengths=GRID_STRENGTHS,
+                   scorer=judge_marks(load_world_judge(), prompt_rows), **WORLD_SAMPLING)
     table, results = stereotype_table(bundle, trained.lora, seed)
     atomic_write_text(out_dir / "stereotype_table.md", table)
     atomic_write_text(out_dir / "stereotype_table.json", json.dumps(results, indent=2))
