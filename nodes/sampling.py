@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from ..scoft_train.grid import compare_grid
+from ..scoft_train.grid import compare_grid, repeated_rows
 from ..scoft_train.images import pil_to_batch, to_pil
 from ..scoft_train.sampling import SCHEDULERS, sample_tensor
+from ..scoft_train.stages import GRID_CELL
 from .common import SCOFT_LORA, SCOFT_MODEL, SEED_MAX, LoraFile, progress_callback, prompt_lines, tip
 
 logger = logging.getLogger(__name__)
@@ -14,7 +15,7 @@ logger = logging.getLogger(__name__)
 # One options dict for both nodes, so one Primitive node can drive the prompts of samplers and grid.
 PROMPTS_INPUT = ("STRING", tip(
     "One prompt per line (blank lines are skipped). SCoFT Sampler makes one image per prompt; "
-    "Compare Grid labels one row per prompt.",
+    "Compare Grid labels one row per prompt (a prompt on several consecutive lines: one row, one sample per line).",
     multiline=True, default="a photo of a house in Korea",
 ))
 
@@ -81,7 +82,12 @@ class SCoFTSampler:
 
 
 class SCoFTCompareGrid:
-    DESCRIPTION = "Lays two image batches side by side (e.g. baseline | SCoFT from the same seeds), one labelled row per prompt."
+    DESCRIPTION = (
+        "Lays two image batches side by side (e.g. baseline | SCoFT from the same seeds), one labelled row per prompt. "
+        f"Small images are enlarged without blur (nearest neighbour) to at least {GRID_CELL} px. A prompt written on "
+        "several consecutive lines (the same number of times each) becomes one row with one sample per line, "
+        "the two columns of each sample side by side."
+    )
     CATEGORY = "SCoFT/sample"
     FUNCTION = "grid"
     RETURN_TYPES = ("IMAGE",)
@@ -103,5 +109,7 @@ class SCoFTCompareGrid:
     def grid(self, left_images, right_images, left_label: str, right_label: str, prompts: str):
         if left_label == right_label:
             raise ValueError(f"left_label and right_label are both {left_label!r}; give the columns different names")
-        grid = compare_grid({left_label: to_pil(left_images), right_label: to_pil(right_images)}, prompt_lines(prompts))
+        rows, per_row = repeated_rows(prompt_lines(prompts))
+        grid = compare_grid({left_label: to_pil(left_images), right_label: to_pil(right_images)}, rows,
+                            per_row=per_row, min_cell=GRID_CELL)
         return (pil_to_batch(grid),)

@@ -148,6 +148,19 @@ def compare_grid(
     return grid
 
 
+def repeated_rows(labels: list[str]) -> tuple[list[str], int]:
+    """Runs of identical consecutive labels as one row each: (row labels, images per row) when
+    every run has the same length (e.g. a prompt written three times for three seeds), else (labels, 1)."""
+    runs: list[list[str]] = []
+    for label in labels:
+        if runs and runs[-1][0] == label:
+            runs[-1].append(label)
+        else:
+            runs.append([label])
+    lengths = {len(run) for run in runs}
+    return ([run[0] for run in runs], lengths.pop()) if len(lengths) == 1 else (list(labels), 1)
+
+
 def save_grid(grid: Image.Image, path: str | os.PathLike, parameters: dict | None = None) -> Path:
     """Write `grid` as a PNG, atomically; returns the path. `parameters` (JSON-able: model,
     LoRA, strengths, prompts, seeds, steps, cfg, ...) go into the PNG's text metadata under

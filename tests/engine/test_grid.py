@@ -96,3 +96,23 @@ def test_compare_stage_samples_strength_columns_and_records_them(tiny_bundle, lo
     assert parameters["strengths"] == {"baseline": 0.0, "LoRA 0.5": 0.5, "SCoFT": 1.0}
     assert parameters["seeds"] == [[5, 6], [7, 8]] and parameters["steps"] == 2 and parameters["cfg"] == 3.0
     assert parameters["lora"] == str(lora_file) and parameters["prompts"] == ["a house", "a meal"]
+
+
+def test_repeated_prompts_become_one_row_with_several_samples():
+    assert grid_module.repeated_rows(["a", "a", "b", "b"]) == (["a", "b"], 2)
+    assert grid_module.repeated_rows(["a", "a", "a", "b"]) == (["a", "a", "a", "b"], 1)  # uneven: one per row
+    assert grid_module.repeated_rows(["a", "b"]) == (["a", "b"], 1)
+
+
+def test_bootstrap_interval_covers_the_rate_and_narrows_with_more_prompts():
+    from scoft_train.demo import bootstrap_interval
+
+    few = torch.tensor([[1, 0, 1, 1]] * 5)
+    many = torch.tensor([[1, 0, 1, 1]] * 80)
+    low, high = bootstrap_interval(few)
+    assert low <= 0.75 <= high and 0 < high - low
+    wide, narrow = high - low, bootstrap_interval(many)[1] - bootstrap_interval(many)[0]
+    assert narrow < wide
+    assert bootstrap_interval(torch.ones(6, 4)) == (1.0, 1.0)
+    paired = bootstrap_interval(torch.tensor([[1.0, 1.0, 0.0, 1.0]] * 40) - torch.zeros(40, 4))
+    assert paired[0] > 0  # a change that excludes 0
