@@ -45,6 +45,16 @@ SHARED = {
     },
 }
 COLUMN_WIDTH, ROW_GAP, ORIGIN = 420, 60, (40, 40)
+# UI-only Note nodes: {workflow: [(title, text, pos, size), ...]}
+NOTES = {
+    "sfsl_spurious": [(
+        "CPU defaults",
+        "Sized to finish on a CPU: SFSL Train runs 100 steps here. The bias-lab SFSL experiment "
+        "(python -m scoft_train biaslab sfsl) trains 600 steps, about 45 minutes at 4.6 s per step on 2 CPU cores. "
+        "On a GPU, raise SFSL Train's steps to 600 (and preview_every to 50) for the full effect of the spurious loss.",
+        [40, 800], [400, 170],
+    )],
+}
 
 _BUILD_JS = """({prompt, shared, positions, left}) => {
     const app = window.app, LG = window.LiteGraph, graph = app.graph;
@@ -133,6 +143,17 @@ def build_ui_graph(page, name: str) -> dict:
     return page.evaluate(_BUILD_JS, {"prompt": prompt, "shared": SHARED[name], "positions": layout(prompt), "left": ORIGIN[0]})
 
 
+def add_notes(name: str, graph: dict) -> dict:
+    """`graph` with the NOTES of workflow `name` appended as Note nodes (UI only; not part of the prompt)."""
+    for title, text, pos, size in NOTES.get(name, []):
+        graph["last_node_id"] += 1
+        graph["nodes"].append({"id": graph["last_node_id"], "type": "Note", "pos": list(pos), "size": list(size),
+                               "flags": {}, "order": len(graph["nodes"]), "mode": 0, "title": title,
+                               "properties": {"text": ""}, "widgets_values": [text], "color": "#432",
+                               "bgcolor": "#653"})
+    return graph
+
+
 def same_value(a, b) -> bool:
     if isinstance(a, float) or isinstance(b, float):
         return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
@@ -196,7 +217,7 @@ def regenerate() -> None:
             app = open_app(browser, host.url)
             for name in NAMES:
                 api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text(encoding="utf-8"))
-                graph = arrange(name, build_ui_graph(app.page, name), api)
+                graph = add_notes(name, arrange(name, build_ui_graph(app.page, name), api))
                 target = WORKFLOWS / f"{name}.json"
                 target.write_text(json.dumps(graph, indent=1) + "\n", encoding="utf-8")
                 logging.info("wrote %s", target)
