@@ -189,7 +189,8 @@ def draw_losses(history: list[dict], keys: list[str] | None = None, layout: Layo
     if not series:
         raise ValueError(f"no finite values to plot for keys {keys} in {len(history)} history entries")
     steps = [x for line in series.values() for x, _ in line]
-    x_ticks = nice_ticks(min(steps), max(steps))
+    span = max(steps) - min(steps)
+    x_ticks = nice_ticks(min(steps), max(steps), count=max(1, min(5, int(span))))  # whole steps only
     image = Image.new("RGB", (layout.width, len(series) * layout.panel_height + layout.bottom), BACKGROUND)
     draw = ImageDraw.Draw(image)
     font = load_font(layout.font_size)

@@ -2,7 +2,7 @@
 the model being trained, beside the base model's images and a small loss graph.
 
 Each preview is one PNG, `<run folder>/previews/step_XXXXXX.png`: rows = prompts, columns
-"base model" (the frozen bundle, sampled once) | "step N" (the in-memory trained UNet and,
+"base" (the frozen bundle, sampled once) | "step N" (the in-memory trained UNet and,
 for SFSL, text encoder), and at the right the loss curves so far. Previews draw their own
 noise from their seeds and touch no training RNG, so a run with previews trains exactly
 like one without. The time they cost is logged and added to `trainer.timings["preview"]`.
@@ -29,7 +29,7 @@ from .sampling import sample_tensor, to_pil
 logger = logging.getLogger(__name__)
 
 FOLDER = "previews"
-BASE_LABEL = "base model"
+BASE_LABEL = "base"
 CELL = 64  # px: preview cells are enlarged (nearest neighbour) to at least this
 BACKGROUND = (255, 255, 255)
 
