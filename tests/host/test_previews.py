@@ -10,6 +10,7 @@ import time
 import urllib.request
 import uuid
 
+import numpy as np
 import pytest
 import websocket
 from PIL import Image
@@ -86,7 +87,7 @@ def test_scoft_train_shows_and_saves_previews(busy_host):
     assert sorted(p.name for p in folder.iterdir()) == ["step_000002.png", "step_000004.png"]
     with Image.open(io.BytesIO(previews[-1][8:])) as sent, Image.open(folder / "step_000004.png") as saved:
         assert sent.size == saved.size  # shown at full size, not shrunk with blur
-        assert list(sent.convert("RGB").getdata()) == list(saved.convert("RGB").getdata())
+        assert np.array_equal(np.asarray(sent.convert("RGB")), np.asarray(saved.convert("RGB")))
         assert len(saved.convert("RGB").getcolors(maxcolors=1 << 20)) > 100  # samples and a graph, not blank
     training = [m["data"] for m in messages if m["type"] == "progress" and m["data"].get("node") == "3"]
     assert training[-1]["value"] == training[-1]["max"] == 4
