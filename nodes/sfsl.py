@@ -9,11 +9,9 @@ market, class "market", the shipped classifier's class-wise market features.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import tempfile
-import typing
 from pathlib import Path
 
 
@@ -26,7 +24,8 @@ from .common import (
     CCUB_KIND, CLASSIFIERS_KIND, SCOFT_LORA, SCOFT_MODEL, SAMPLE, check_folder, check_model_path, dataset_choices,
     input_folder, model_path, progress_callback, tip, weight_choices,
 )
-from .train import CHOICES, RANGES, RUNS_FOLDER, preview_input, run_folder, run_training
+from .settings import widgets as derived_widgets
+from .train import RUNS_FOLDER, preview_input, run_folder, run_training
 
 logger = logging.getLogger(__name__)
 
@@ -37,34 +36,17 @@ SHIPPED_CLASSIFIER = "bias-lab market classifier (shipped)"
 LORA_NAME = "sfsl_lora.safetensors"
 CLASS_IMAGES = "class_images"
 
-SFSL_CHOICES = {name: CHOICES[name] for name in ("lr_schedule", "grad_mode", "mixed_precision")}
-SFSL_RANGES = {
-    **RANGES,
-    "prior_loss_weight": dict(min=0.0, max=100.0, step=0.01),
-    "spurious_weight": dict(min=0.0, max=100.0, step=0.001),
-    "spurious_every": dict(min=1, max=1_000_000),
-    "classifier_size": dict(min=0, max=4096),
-    "target_class": dict(min=-1, max=1_000_000),
-}
+# ComfyUI saves widget values by position, so this order is part of every saved workflow:
+# SFSLConfig's fields as the node has always listed them.
+WIDGET_ORDER = (
+    "class_name", "identifier", "instance_template", "class_template", "prior_loss_weight", "spurious_weight",
+    "spurious_every", "classifier", "classifier_weights", "classifier_size", "target_class", "train_text_encoder",
+    "steps", "batch_size", "grad_accum", "lr", "lr_schedule", "warmup_steps", "max_grad_norm", "rank", "alpha", "seed",
+    "denoise_steps", "cfg", "grad_mode", "mixed_precision", "gradient_checkpointing", "checkpoint_every",
+    "checkpoint_limit",
+)
 # Node defaults that differ from SFSLConfig's: the bias lab's spurious experiment.
 NODE_DEFAULTS = SPURIOUS_LAB
-
-
-def _field_widget(name: str, kind, default, help_text: str) -> tuple:
-    """An SFSLConfig field as a ComfyUI widget spec (same conventions as SCoFT Train)."""
-    if name in SFSL_CHOICES:
-        return (SFSL_CHOICES[name], tip(help_text, default=default))
-    if kind is bool:
-        return ("BOOLEAN", tip(help_text, default=default))
-    if kind is int:
-        limits = SFSL_RANGES[name]
-        return ("INT", tip(f"{help_text} (integer {limits['min']}..{limits['max']})", default=default, **limits))
-    if kind is float:
-        limits = SFSL_RANGES[name]
-        return ("FLOAT", tip(f"{help_text} ({limits['min']:g}..{limits['max']:g})", default=default, **limits))
-    if kind is str:
-        return ("STRING", tip(help_text, default=default))
-    raise TypeError(f"SFSLConfig.{name}: no widget for type {kind!r}; add one in nodes/sfsl.py")
 
 
 def classifier_files() -> list[str]:
@@ -73,22 +55,16 @@ def classifier_files() -> list[str]:
 
 
 def config_widgets() -> dict[str, tuple]:
-    """Every SFSLConfig field in declaration order; classifier_weights = a combo of models/classifiers."""
-    hints = typing.get_type_hints(SFSLConfig)
-    widgets = {}
-    for spec in dataclasses.fields(SFSLConfig):
-        help_text = spec.metadata["help"]
-        if spec.name == "classifier_weights":
-            widgets[spec.name] = ([NO_CLASSIFIER, SHIPPED_CLASSIFIER, *classifier_files()], tip(
-                f"{help_text}: a file (or judge-format folder) in the '{CLASSIFIERS_KIND}' folders (models/"
-                f"{CLASSIFIER_FOLDER} and extra_model_paths.yaml roots) matching 'classifier', or '{SHIPPED_CLASSIFIER}' "
-                f"(the bias lab's {CLASSIFIER_SPEC} network, which learned that markets have an awning). "
-                f"'{NO_CLASSIFIER}' = no classifier, which needs spurious_weight 0.",
-                default=SHIPPED_CLASSIFIER,
-            ))
-            continue
-        default = NODE_DEFAULTS.get(spec.name, spec.default)
-        widgets[spec.name] = _field_widget(spec.name, hints[spec.name], default, help_text)
+    """Every SFSLConfig field in WIDGET_ORDER, derived from its declaration with the bias lab's
+    defaults; classifier_weights = a combo of the classifiers folders."""
+    widgets = derived_widgets(SFSLConfig, list(WIDGET_ORDER), NODE_DEFAULTS)
+    widgets["classifier_weights"] = ([NO_CLASSIFIER, SHIPPED_CLASSIFIER, *classifier_files()], tip(
+        f"{SFSLConfig.help('classifier_weights')}: a file (or judge-format folder) in the '{CLASSIFIERS_KIND}' "
+        f"folders (models/{CLASSIFIER_FOLDER} and extra_model_paths.yaml roots) matching 'classifier', or "
+        f"'{SHIPPED_CLASSIFIER}' (the bias lab's {CLASSIFIER_SPEC} network, which learned that markets have an "
+        f"awning). '{NO_CLASSIFIER}' = no classifier, which needs spurious_weight 0.",
+        default=SHIPPED_CLASSIFIER,
+    ))
     widgets["spurious_weight"][1]["tooltip"] += " Needs classifier_weights and target_class."
     return widgets
 

@@ -6,23 +6,20 @@ import dataclasses
 import logging
 import re
 import time
-import typing
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from ..scoft_train import checkpoint as ckpt
-from ..scoft_train.config import LR_SCHEDULES, MIXED_PRECISION, PRESETS, LossWeights, TrainConfig
-from ..scoft_train.features import BACKBONES
-from ..scoft_train.generation import GRAD_MODES
+from ..scoft_train.config import LossWeights, TrainConfig
 from ..scoft_train.images import pil_to_batch
-from ..scoft_train.losses import CONTRASTIVE_FORMS
 from ..scoft_train.stages import train_scoft
 from .common import (
-    FEATURES_KIND, NONE, SCOFT_DATASET, SCOFT_LORA, SCOFT_MODEL, SEED_MAX, LoraFile, check_model_path, model_path,
+    FEATURES_KIND, NONE, SCOFT_DATASET, SCOFT_LORA, SCOFT_MODEL, LoraFile, check_model_path, model_path,
     progress_callback, tip, weight_choices,
 )
+from .settings import widgets as derived_widgets
 
 logger = logging.getLogger(__name__)
 
@@ -30,72 +27,34 @@ RUNS_FOLDER = "scoft_runs"
 LORA_NAME = "scoft_lora.safetensors"
 WEIGHT_PREFIX = "weight_"
 
-# Combos come from the engine's registries.
-CHOICES = {
-    "preset": tuple(PRESETS),
-    "lr_schedule": LR_SCHEDULES,
-    "grad_mode": GRAD_MODES,
-    "perceptual_backbone": BACKBONES,
-    "contrastive_backbone": BACKBONES,
-    "contrastive_form": CONTRASTIVE_FORMS,
-    "mixed_precision": MIXED_PRECISION,
-}
-# Widget ranges (the engine checks the same lower bounds).
-RANGES = {
-    "steps": dict(min=1, max=1_000_000),
-    "batch_size": dict(min=1, max=256),
-    "grad_accum": dict(min=1, max=1024),
-    "lr": dict(min=1e-6, max=1.0, step=1e-6),
-    "warmup_steps": dict(min=0, max=1_000_000),
-    "max_grad_norm": dict(min=0.0, max=1000.0, step=0.01),
-    "rank": dict(min=1, max=1024),
-    "alpha": dict(min=0.0, max=4096.0, step=0.5),
-    "seed": dict(min=0, max=SEED_MAX),
-    "contrastive_every": dict(min=1, max=1_000_000),
-    "denoise_steps": dict(min=1, max=1000),
-    "cfg": dict(min=0.0, max=30.0, step=0.1),
-    "margin": dict(min=0.0, max=100.0, step=0.01),
-    "checkpoint_every": dict(min=0, max=1_000_000),
-    "checkpoint_limit": dict(min=0, max=1000),
-}
 WEIGHT_RANGE = dict(min=0.0, max=100.0, step=0.001)
-OPTIONAL_PATH = " Empty = none."
+# ComfyUI saves widget values by position, so this order is part of every saved workflow:
+# TrainConfig's fields as the node has always listed them (`weights` = one FLOAT per loss).
+WIDGET_ORDER = (
+    "preset", "weights", "steps", "batch_size", "grad_accum", "lr", "lr_schedule", "warmup_steps", "max_grad_norm",
+    "rank", "alpha", "seed", "contrastive_every", "denoise_steps", "cfg", "grad_mode", "perceptual_backbone",
+    "perceptual_weights", "contrastive_backbone", "contrastive_weights", "allow_random_backbone", "contrastive_form",
+    "margin", "mixed_precision", "gradient_checkpointing", "checkpoint_every", "checkpoint_limit",
+)
 WEIGHT_PATHS = ("perceptual_weights", "contrastive_weights")  # combos of the feature_backbones folders
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def _field_widget(name: str, kind, default, help_text: str) -> tuple:
-    """A TrainConfig field as a ComfyUI widget spec (type, options with the field's help as tooltip)."""
-    if name in CHOICES:
-        return (CHOICES[name], tip(help_text, default=default))
-    if kind is bool:
-        return ("BOOLEAN", tip(help_text, default=default))
-    if kind is int:
-        return ("INT", tip(f"{help_text} (integer {RANGES[name]['min']}..{RANGES[name]['max']})", default=default, **RANGES[name]))
-    if kind is float:
-        limits = RANGES[name]
-        return ("FLOAT", tip(f"{help_text} ({limits['min']:g}..{limits['max']:g})", default=default, **limits))
-    if kind in (str, str | None):
-        return ("STRING", tip(help_text + (OPTIONAL_PATH if default is None else ""), default=default or ""))
-    raise TypeError(f"TrainConfig.{name}: no widget for type {kind!r}; add one in nodes/train.py")
-
-
 def config_widgets() -> dict[str, tuple]:
-    """Every TrainConfig field in declaration order; `weights` expands to one FLOAT per loss."""
-    hints = typing.get_type_hints(TrainConfig)
+    """Every TrainConfig field in WIDGET_ORDER, derived from its declaration; `weights`
+    expands to one FLOAT per loss."""
     widgets = {}
-    for spec in dataclasses.fields(TrainConfig):
-        if hints[spec.name] is LossWeights:
-            defaults = LossWeights()
-            for weight in dataclasses.fields(LossWeights):
-                widgets[WEIGHT_PREFIX + weight.name] = ("FLOAT", tip(
-                    f"weight of L_{weight.name} in the total loss (0..100); used only when the preset enables "
-                    f"it. Reference: {getattr(defaults, weight.name):g}",
-                    default=getattr(defaults, weight.name), **WEIGHT_RANGE,
-                ))
+    for name in WIDGET_ORDER:
+        if name != "weights":
+            widgets.update(derived_widgets(TrainConfig, [name]))
             continue
-        default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
-        widgets[spec.name] = _field_widget(spec.name, hints[spec.name], default, spec.metadata["help"])
+        defaults = LossWeights()
+        for weight in dataclasses.fields(LossWeights):
+            widgets[WEIGHT_PREFIX + weight.name] = ("FLOAT", tip(
+                f"weight of L_{weight.name} in the total loss (0..100); used only when the preset enables "
+                f"it. Reference: {getattr(defaults, weight.name):g}",
+                default=getattr(defaults, weight.name), **WEIGHT_RANGE,
+            ))
     for name in WEIGHT_PATHS:
         widgets[name] = ([NONE, *weight_choices(FEATURES_KIND)], tip(
             f"{TrainConfig.help(name)}: a file (or a model folder with config.json) in the '{FEATURES_KIND}' "

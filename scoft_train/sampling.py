@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Callable
 
 import numpy as np
 import torch
@@ -20,6 +19,7 @@ from PIL import Image
 
 from .lora_apply import apply_lora_file
 from .models import ModelBundle
+from .progress import OnStep
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,6 @@ SCHEDULERS = {
     "dpmpp_2m": DPMSolverMultistepScheduler,
 }
 
-OnStep = Callable[[int, int, dict], None]
 
 
 def seeds_for(prompts: list[str], seeds: list[int] | int) -> list[int]:

@@ -23,7 +23,6 @@ import logging
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable
 
 import torch
 from diffusers.optimization import get_scheduler
@@ -36,10 +35,10 @@ from .features import FeatureDistance, build_feature_distance
 from .generation import denoise_to_latent
 from .lora import add_lora, export_kohya, load_lora_state_dict, lora_state_dict
 from .losses import contrastive_loss, diffusion_target, ldm_loss, memorization_loss
+from .progress import OnStep
 
 log = logging.getLogger(__name__)
 
-OnStep = Callable[[int, int, dict], None]
 
 
 class NonFiniteLossError(RuntimeError):

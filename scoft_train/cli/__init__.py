@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ..atomic import DiskFullError
 from ..quiet import quiet_third_party
 from . import bench, biaslab, demo, negatives, rscorrector, sfsl, train
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         quiet_third_party()
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, DiskFullError) as error:
         log.error("%s", error)
         return 2
 
