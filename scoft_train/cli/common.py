@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import typing
 from pathlib import Path
 
 from ..config import load_config_file
+from ..imagefile import WHITE
+from ..settings import specs
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -74,25 +75,46 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip", action="store_true", help="random horizontal flip")
 
 
+def rgb(text: str) -> tuple[int, int, int]:
+    """'R,G,B' (each 0..255) -> a tuple, for argparse."""
+    parts = text.split(",")
+    if len(parts) != 3 or not all(part.strip().isdigit() and int(part) <= 255 for part in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: write R,G,B with each 0..255, e.g. 255,255,255")
+    return tuple(int(part) for part in parts)
+
+
+def add_ccub_read_args(parser: argparse.ArgumentParser) -> None:
+    """How a CCUB folder is read: the background under transparency, and long captions."""
+    parser.add_argument("--background", type=rgb, default=WHITE,
+                        help="R,G,B that transparent image areas are composited onto (default 255,255,255)")
+    parser.add_argument("--strict-captions", action="store_true",
+                        help="refuse captions longer than CLIP's 77 tokens instead of reporting them")
+
+
+def ccub_read_options(args) -> dict:
+    """`load_ccub` keyword arguments from the options of `add_ccub_read_args`."""
+    return {"background": args.background, "strict_captions": args.strict_captions}
+
+
 def resume_from(args) -> bool | str | None:
     """--resume as the trainers take it: True for 'latest', else the checkpoint path (or None)."""
     return True if args.resume == "latest" else args.resume
 
 
 def add_dataclass_args(group, cls, skip: tuple[str, ...] = ()) -> None:
-    """One option per field of the settings dataclass `cls` (None = not given), help from
-    each field's metadata; booleans get --flag / --no-flag."""
-    hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
-        if field.name in skip:
+    """One option per declared setting of `cls` (None = not given), derived from its
+    declaration (settings.py): help, default, range and choices; booleans get --flag / --no-flag."""
+    for spec in specs(cls):
+        if spec.name in skip:
             continue
-        flag = "--" + field.name.replace("_", "-")
-        kind = hints[field.name]
-        if kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.metadata["help"])
-        else:
-            base = float if kind is float else int if kind is int else str
-            group.add_argument(flag, type=base, default=None, help=f"{field.metadata['help']} (default {field.default})")
+        flag = "--" + spec.name.replace("_", "-")
+        if spec.kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=spec.help)
+            continue
+        number = "{}" if spec.kind is int else "{:g}"
+        limits = f", {number.format(spec.min)}..{number.format(spec.max)}" if spec.min is not None else ""
+        group.add_argument(flag, type=spec.kind, default=None, choices=spec.choices,
+                           help=f"{spec.help} (default {spec.default}{limits})")
 
 
 def dataclass_values(args, cls, skip: tuple[str, ...] = ()) -> dict:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_model_args, load_bundle
+from .common import add_ccub_read_args, add_model_args, ccub_read_options, load_bundle
 
 
 def cmd_negatives(args) -> int:
     import torch
 
     from ..controlnet import DEFAULT_CONTROLNET, default_controlnet, load_controlnet
+    from ..data import load_ccub
     from ..depth import load_depth_estimator
     from ..negatives import NegativeSettings, depth_from_dataset, depth_from_estimator, generate_negatives
     from ..progress import tqdm_progress
@@ -31,8 +32,9 @@ def cmd_negatives(args) -> int:
         load_controlnet(args.controlnet, dtype=getattr(torch, args.dtype), device=args.device,
                         config=args.controlnet_config)
     )
+    dataset = load_ccub(args.data, missing_negatives_ok=True, **ccub_read_options(args))
     with tqdm_progress("negatives") as on_step:
-        result = generate_negatives(bundle, controlnet, args.data, depth, settings, on_step=on_step, preview=args.preview)
+        result = generate_negatives(bundle, controlnet, dataset, depth, settings, on_step=on_step, preview=args.preview)
     print(f"negatives written: {len(result.generated)} (already there: {result.already_there})\n"
           f"metadata.jsonl updated: {result.metadata_written}" + (f"\npreview: {result.preview}" if result.preview else ""))
     return 0
@@ -57,6 +59,7 @@ def register(verbs) -> None:
                            help="single-file ControlNet only: a folder with its diffusers config.json "
                                 "(default: the bundled control_v11f1p_sd15_depth config)")
     negatives.add_argument("--data", type=Path, required=True, help="CCUB folder (metadata.jsonl or images + .txt captions)")
+    add_ccub_read_args(negatives)
     negatives.add_argument("--depth", default="midas", choices=["dataset", *sorted(DEPTH_MODELS)],
                            help="depth source: a controlnet_aux estimator (weights in --annotator-dir) or 'dataset' "
                                 "(metadata 'depth' field, else <stem>_depth.png beside the image)")

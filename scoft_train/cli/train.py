@@ -9,8 +9,8 @@ from pathlib import Path
 
 from ..config import LossWeights, TrainConfig
 from .common import (
-    add_dataclass_args, add_model_args, add_run_args, add_sampling_args, dataclass_values, load_bundle, read_prompts,
-    resume_from, sampling_kwargs,
+    add_ccub_read_args, add_dataclass_args, add_model_args, add_run_args, add_sampling_args, ccub_read_options,
+    dataclass_values, load_bundle, read_prompts, resume_from, sampling_kwargs,
 )
 
 
@@ -42,7 +42,8 @@ def cmd_train(args) -> int:
     config = train_config_from_args(args)
     bundle = load_bundle(args)
     dataset = load_ccub(args.data, resolution=args.resolution or bundle.resolution, center_crop=not args.random_crop,
-                        random_flip=args.flip, **({"culture_terms": args.culture_terms} if args.culture_terms else {}))
+                        random_flip=args.flip, **ccub_read_options(args),
+                        **({"culture_terms": args.culture_terms} if args.culture_terms else {}))
     with tqdm_progress("train") as on_step:
         outputs = train_scoft(bundle, dataset, config, args.out, on_step=on_step, resume=resume_from(args))
     print(f"LoRA: {outputs.lora}\nloss history: {outputs.history_json}\nloss plot: {outputs.loss_plot}")
@@ -83,6 +84,7 @@ def register(verbs) -> None:
                              description="Train a SCoFT LoRA (L_LDM, L_M, L_P, L_C) on a CCUB-format folder.")
     add_model_args(train)
     train.add_argument("--data", type=Path, required=True, help="CCUB folder (metadata.jsonl or images + .txt captions)")
+    add_ccub_read_args(train)
     add_run_args(train)
     train.add_argument("--culture-terms", nargs="+", help="words removed to derive generic captions (blip_text)")
     _add_train_config_args(train)

@@ -89,3 +89,23 @@ def test_prompts_file_with_bom_and_crlf_gives_clean_prompts(tmp_path):
     args = build_parser().parse_args(["sample", "--prompt", "a market", "--prompts-file", str(prompts),
                                       "--out", str(tmp_path / "out")])
     assert read_prompts(args) == ["a market", "a house", "a meal in Velmora"]
+
+
+def test_reading_options_reach_the_ccub_reader(tmp_path, caplog):
+    """--strict-captions refuses a caption CLIP would cut (named by file), in train and negatives
+    alike; --background takes R,G,B and refuses anything else; nothing is trained or written."""
+    folder = tmp_path / "ccub"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(folder / "a.png")
+    (folder / "a.txt").write_text(" ".join(["a Korean palace roof"] * 30), encoding="utf-8")
+    before = sorted(p.name for p in folder.iterdir())
+    for verb in (["train", "--out", str(tmp_path / "run"), *FAST], ["negatives", "--controlnet", "default", "--depth", "dataset"]):
+        caplog.clear()
+        assert main([verb[0], "--model", "tiny", "--data", str(folder), "--strict-captions", *verb[1:]]) == 2
+        assert "a.txt" in caplog.text and "77" in caplog.text, caplog.text
+    assert sorted(p.name for p in folder.iterdir()) == before and not (tmp_path / "run" / "lora.safetensors").exists()
+    parser = build_parser()
+    args = parser.parse_args(["train", "--data", str(folder), "--out", "o", "--background", "0,128,255"])
+    assert args.background == (0, 128, 255)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--data", str(folder), "--out", "o", "--background", "white"])
