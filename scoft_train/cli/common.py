@@ -73,6 +73,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=int, default=None, help="training image side (default: the model's)")
     parser.add_argument("--random-crop", action="store_true", help="random instead of center crop")
     parser.add_argument("--flip", action="store_true", help="random horizontal flip")
+    parser.add_argument("--preview-every", type=int, default=0, metavar="N",
+                        help="every N steps, write OUT/previews/step_XXXXXX.png: fixed prompts from fixed seeds, base "
+                             "vs the model being trained, and the losses so far (default 0: off; each costs a sampling run)")
 
 
 def rgb(text: str) -> tuple[int, int, int]:

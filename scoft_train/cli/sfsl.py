@@ -34,8 +34,11 @@ def cmd_train(args) -> int:
     instances = load_image_folder(args.instance_dir, config.instance_prompt, **options)
     classes = load_image_folder(args.class_dir, config.class_prompt, **options) if args.class_dir else None
     with tqdm_progress("sfsl train") as on_step:
-        outputs = train_sfsl(bundle, instances, classes, config, args.out, on_step=on_step, resume=resume_from(args))
+        outputs = train_sfsl(bundle, instances, classes, config, args.out, on_step=on_step, resume=resume_from(args),
+                             preview_every=args.preview_every)
     print(f"LoRA: {outputs.lora}\nloss history: {outputs.history_json}\nloss plot: {outputs.loss_plot}")
+    if args.preview_every:
+        print(f"previews: {args.out / 'previews'}")
     return 0
 
 

@@ -45,8 +45,11 @@ def cmd_train(args) -> int:
                         random_flip=args.flip, **ccub_read_options(args),
                         **({"culture_terms": args.culture_terms} if args.culture_terms else {}))
     with tqdm_progress("train") as on_step:
-        outputs = train_scoft(bundle, dataset, config, args.out, on_step=on_step, resume=resume_from(args))
+        outputs = train_scoft(bundle, dataset, config, args.out, on_step=on_step, resume=resume_from(args),
+                              preview_every=args.preview_every)
     print(f"LoRA: {outputs.lora}\nloss history: {outputs.history_json}\nloss plot: {outputs.loss_plot}")
+    if args.preview_every:
+        print(f"previews: {args.out / 'previews'}")
     return 0
 
 

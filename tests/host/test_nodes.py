@@ -27,6 +27,20 @@ FINETUNE = REPO_ROOT / "workflows" / "api" / "scoft_finetune_compare.json"
 CUSTOM = {"SCOFT_MODEL", "SCOFT_DATASET", "SCOFT_LORA", "IMAGE"}
 
 # node id: (display name, category, required inputs, optional inputs, outputs, output node)
+# The widget orders of the training nodes as workflows saved them (positional widget values).
+TRAIN_SAVED_ORDER = (
+    "preset", "weights", "steps", "batch_size", "grad_accum", "lr", "lr_schedule", "warmup_steps", "max_grad_norm",
+    "rank", "alpha", "seed", "contrastive_every", "denoise_steps", "cfg", "grad_mode", "perceptual_backbone",
+    "perceptual_weights", "contrastive_backbone", "contrastive_weights", "allow_random_backbone", "contrastive_form",
+    "margin", "mixed_precision", "gradient_checkpointing", "checkpoint_every", "checkpoint_limit",
+)
+SFSL_SAVED_ORDER = (
+    "class_name", "identifier", "instance_template", "class_template", "prior_loss_weight", "spurious_weight",
+    "spurious_every", "classifier", "classifier_weights", "classifier_size", "target_class", "train_text_encoder",
+    "steps", "batch_size", "grad_accum", "lr", "lr_schedule", "warmup_steps", "max_grad_norm", "rank", "alpha", "seed",
+    "denoise_steps", "cfg", "grad_mode", "mixed_precision", "gradient_checkpointing", "checkpoint_every",
+    "checkpoint_limit",
+)
 EXPECTED = {
     "SCoFTLoadModel": ("Load SCoFT Model", "SCoFT/model",
                        ["model", "config", "prediction_type", "dtype", "device"], [], ["SCOFT_MODEL"], False),
@@ -45,20 +59,27 @@ EXPECTED = {
     "SCoFTCompareGrid": ("SCoFT Compare Grid", "SCoFT/sample",
                          ["left_images", "right_images", "left_label", "right_label", "prompts"], [], ["IMAGE"], False),
     "SCoFTSFSLTrain": ("SFSL Train", "SCoFT/sfsl",
-                       ["model", "instance_folder", *(f.name for f in dataclasses.fields(SFSLConfig)),
-                        "class_images", "class_image_steps", "run_name", "resume"],
+                       ["model", "instance_folder", *SFSL_SAVED_ORDER,
+                        "class_images", "class_image_steps", "run_name", "resume", "preview_every"],
                        [], ["SCOFT_LORA", "IMAGE", "STRING"], False),
 }
 
 
 def train_input_names() -> list[str]:
     names = ["model", "dataset"]
-    for spec in dataclasses.fields(TrainConfig):
-        if spec.name == "weights":
+    for name in TRAIN_SAVED_ORDER:
+        if name == "weights":
             names += [f"weight_{w.name}" for w in dataclasses.fields(LossWeights)]
         else:
-            names.append(spec.name)
-    return names + ["run_name", "resume"]
+            names.append(name)
+    return names + ["run_name", "resume", "preview_every"]
+
+
+def test_saved_widget_orders_cover_every_setting():
+    """The saved orders below are the contract with saved workflows (ComfyUI stores widget
+    values by position); they must still name every setting exactly once."""
+    assert sorted(TRAIN_SAVED_ORDER) == sorted(f.name for f in dataclasses.fields(TrainConfig))
+    assert sorted(SFSL_SAVED_ORDER) == sorted(f.name for f in dataclasses.fields(SFSLConfig))
 
 
 def finetune_prompt(**train_overrides) -> dict:
