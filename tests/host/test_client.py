@@ -229,11 +229,16 @@ def sampler_prompt(steps: int, seed: int) -> dict:
 
 
 def test_run_longer_than_the_silence_limit_finishes_while_progress_comes(comfy_host, tmp_path):
-    # Measure this machine's step time first (this also loads and caches the model), then pick a
-    # silence limit a few steps long and a run three times that long.
-    started = time.monotonic()
+    # Measure this machine's step time first: a warm-up run loads and caches the model, then a
+    # 1-step and a 21-step run differ by 20 steps and nothing else (HTTP and start-up cancel out).
+    # Then pick a silence limit a few steps long and a run three times that long.
     client.run_workflow(sampler_prompt(steps=3, seed=1), comfy_host.url, tmp_path / "warm", timeout=300)
-    per_step = (time.monotonic() - started) / 3
+    durations = []
+    for steps, seed in ((1, 3), (21, 4)):
+        started = time.monotonic()
+        client.run_workflow(sampler_prompt(steps=steps, seed=seed), comfy_host.url, tmp_path / f"m{steps}", timeout=300)
+        durations.append(time.monotonic() - started)
+    per_step = max((durations[1] - durations[0]) / 20, 1e-3)
     limit = max(1.0, 3 * per_step)
     steps = math.ceil(3 * limit / per_step)
 
