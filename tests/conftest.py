@@ -35,3 +35,19 @@ def tiny_single_file(tiny_bundle, tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_single") / "tiny.safetensors"
     save_single_file(tiny_bundle, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def lora_file(tiny_bundle, tmp_path_factory):
+    """A kohya LoRA file for the tiny UNet (rank 4, alpha 4) with non-zero weights."""
+    import copy
+
+    from scoft_train.lora import add_lora, export_kohya
+
+    unet = copy.deepcopy(tiny_bundle.unet)
+    add_lora(unet, rank=4, alpha=4.0)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for param in (p for p in unet.parameters() if p.requires_grad):
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    return export_kohya(unet, tmp_path_factory.mktemp("lora") / "l.safetensors", {"method": "test"})

@@ -3,7 +3,6 @@ verdict badges, and the parameters in the PNG's text metadata."""
 
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
@@ -13,7 +12,6 @@ from PIL import Image
 
 from scoft_train import grid as grid_module
 from scoft_train.grid import PARAMETERS_KEY, compare_grid, save_grid
-from scoft_train.lora import add_lora, export_kohya
 from scoft_train.stages import GRID_CELL, compare
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -67,17 +65,6 @@ def test_parameters_go_into_png_text(tmp_path):
     path = save_grid(solid(RED), tmp_path / "g.png", {"seed": 3, "prompts": ["a house"]})
     with Image.open(path) as image:
         assert json.loads(image.text[PARAMETERS_KEY]) == {"seed": 3, "prompts": ["a house"]}
-
-
-@pytest.fixture(scope="module")
-def lora_file(tiny_bundle, tmp_path_factory):
-    unet = copy.deepcopy(tiny_bundle.unet)
-    add_lora(unet, rank=4, alpha=4.0)
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for param in (p for p in unet.parameters() if p.requires_grad):
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
-    return export_kohya(unet, tmp_path_factory.mktemp("lora") / "l.safetensors", {"method": "test"})
 
 
 def test_compare_stage_samples_strength_columns_and_records_them(tiny_bundle, lora_file, tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 
@@ -14,24 +13,11 @@ from PIL import Image
 
 from scoft_train import grid as grid_module
 from scoft_train.grid import compare_grid, save_grid
-from scoft_train.lora import add_lora, export_kohya
 from scoft_train.plot import PALETTE, plot_losses, save_history_json
 from scoft_train.sampling import SCHEDULERS, sample, sample_tensor
 
 PROMPTS = ["a market street at dusk", "a portrait of a grandmother"]
 FAST = dict(steps=3, cfg=5.0)
-
-
-@pytest.fixture(scope="module")
-def lora_file(tiny_bundle, tmp_path_factory):
-    """A kohya LoRA file (rank 4, alpha 4) with non-zero weights."""
-    unet = copy.deepcopy(tiny_bundle.unet)
-    add_lora(unet, rank=4, alpha=4.0)
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for param in (p for p in unet.parameters() if p.requires_grad):
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
-    return export_kohya(unet, tmp_path_factory.mktemp("lora") / "l.safetensors", {"method": "test"})
 
 
 def test_same_seed_is_bit_identical(tiny_bundle):
