@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -48,22 +49,50 @@ def cmd_ablate(args) -> int:
 
 def cmd_spurious(args) -> int:
     from ..biaslab.artefacts import load_world
-    from ..biaslab.spurious import SpuriousConfig, spurious_pretrain
+    from ..biaslab.spurious import (
+        SecondClassifierConfig,
+        SpuriousConfig,
+        second_classifier_pretrain,
+        spurious_pretrain,
+    )
     from ..progress import tqdm_progress
 
     _set_threads(args.threads)
-    config = SpuriousConfig.smoke(args.seed) if args.smoke else SpuriousConfig(seed=args.seed)
+    second = SecondClassifierConfig.smoke() if args.smoke else SecondClassifierConfig()
+    vae = load_world(args.weights, device=args.device).vae
     with tqdm_progress("biaslab spurious") as on_step:
-        card = spurious_pretrain(load_world(args.weights, device=args.device).vae, args.out, config,
-                                 device=args.device, on_step=on_step)
-    print(json.dumps(card, indent=2) + f"\nclassifier and oracle: {args.out}")
+        if args.second_only:
+            card = second_classifier_pretrain(vae, args.out, second, device=args.device, on_step=on_step)
+        else:
+            config = SpuriousConfig.smoke(args.seed) if args.smoke else SpuriousConfig(seed=args.seed)
+            card = spurious_pretrain(vae, args.out, config, device=args.device, on_step=on_step, second=second)
+    print(json.dumps(card, indent=2) + f"\nclassifiers and oracle: {args.out}")
     return 0
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes integers separated by commas, e.g. 0,1,2: {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds needs at least one seed and no repeats: {text!r}")
+    return seeds
 
 
 def cmd_sfsl(args) -> int:
     from ..biaslab.sfsl_lab import SFSLLabConfig, sfsl_lab
+    from ..progress import tqdm_progress
 
-    return _measurement(args, "sfsl", sfsl_lab, SFSLLabConfig)
+    _set_threads(args.threads)
+    if args.quick:
+        config = SFSLLabConfig.quick(args.seeds) if args.seeds else SFSLLabConfig.quick()
+    else:
+        config = SFSLLabConfig(seeds=args.seeds) if args.seeds else SFSLLabConfig()
+    with tqdm_progress("biaslab sfsl") as on_step:
+        result = sfsl_lab(args.out, config, weights_dir=args.weights, device=args.device, on_step=on_step)
+    print(f"{result.table}\nresults: {result.out_dir / 'results.md'}")
+    return 0
 
 
 def register(verbs) -> None:
@@ -93,18 +122,25 @@ def register(verbs) -> None:
     spur.add_argument("--out", type=Path, default=Path("outputs/biaslab/spurious"),
                       help="output folder: classifier/, oracle/, card.json (the shipped ones: WEIGHTS/spurious)")
     spur.add_argument("--smoke", action="store_true", help="a few steps (CI): trains nothing useful")
+    spur.add_argument("--second-only", action="store_true",
+                      help="only (re)train the second classifier into OUT, which already holds card.json")
     spur.set_defaults(func=cmd_spurious)
-    sfsl = what.add_parser("sfsl", help="base vs DreamBooth vs DreamBooth + SFSL: spurious rate of the market classifier",
-                           description="References = the awning without a market; train DreamBooth and DreamBooth + "
-                                       "SFSL LoRAs with the same seed and steps; sample and score with the classifier "
-                                       "and the oracle.")
+    sfsl = what.add_parser("sfsl", help="base vs DreamBooth vs DreamBooth + SFSL over training seeds: spurious rate "
+                                        "by two market classifiers",
+                           description="References = the awning without a market; per training seed, train DreamBooth "
+                                       "and DreamBooth + SFSL LoRAs with the same steps and data; sample with the same "
+                                       "seeds and read with classifier 1 (trained against), classifier 2 "
+                                       "(independent) and the oracle; per-seed rows, bootstrap intervals and the "
+                                       "paired difference. Finished seeds in OUT are reused.")
     sfsl.add_argument("--out", type=Path, default=Path("outputs/biaslab/sfsl"), help="run folder")
+    sfsl.add_argument("--seeds", type=_seed_list, default=None,
+                      help="training seeds, comma-separated (default 0,1,2,3,4; --quick: 0,1)")
     sfsl.add_argument("--quick", action="store_true", help="a few steps and samples (CI): numbers are not meaningful")
     sfsl.set_defaults(func=cmd_sfsl)
+    spur.add_argument("--seed", type=int, default=0, help="seed of the data, training and sampling")
     for parser in (spur, sfsl):
         parser.add_argument("--weights", type=Path, default=WEIGHTS_DIR,
                             help="folder with world/ (and, for sfsl, spurious/); default: the shipped artefacts")
-        parser.add_argument("--seed", type=int, default=0, help="seed of the data, training and sampling")
     for parser in (pre, abl, spur, sfsl):
         parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
         parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice); "

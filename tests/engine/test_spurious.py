@@ -3,8 +3,8 @@ oracle, the judge as an SFSL classifier, and the `biaslab spurious` / `biaslab s
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 
 import numpy as np
 import pytest
@@ -13,14 +13,41 @@ from PIL import Image
 from safetensors import safe_open
 
 from scoft_train.assets import (
-    AWNING_REFS_DIR, BIASLAB_CCUB_DIR, JUDGE_DIR, SPURIOUS_CLASSIFIER_DIR, SPURIOUS_DIR, WORLD_DIR,
+    AWNING_REFS_DIR,
+    BIASLAB_CCUB_DIR,
+    JUDGE_DIR,
+    SPURIOUS_CLASSIFIER_DIR,
+    SPURIOUS_DIR,
+    WEIGHTS_DIR,
+    WORLD_DIR,
 )
 from scoft_train.biaslab.corpus import ccub_examples
 from scoft_train.biaslab.render import SceneSpec, render
-from scoft_train.biaslab.sfsl_lab import METRICS, TRAINED_ROWS
+from scoft_train.biaslab.sfsl_lab import (
+    BASE,
+    METRICS,
+    TRAINED_ROWS,
+    VERDICTS,
+    SFSLLabConfig,
+    aggregate,
+    per_seed_rows,
+    render_markdown,
+)
 from scoft_train.biaslab.spurious import (
-    CLASSIFIER_HEADS, ORACLE_HEADS, SPURIOUS_CONCEPT, accuracy, classifier_labels, empty_specs, market_rate,
-    oracle_labels, oracle_specs, reference_specs, round_tripped, web_photo_specs,
+    CLASSIFIER_HEADS,
+    ORACLE_HEADS,
+    SECOND_CLASSIFIER_NAME,
+    SPURIOUS_CONCEPT,
+    SecondClassifierConfig,
+    accuracy,
+    classifier_labels,
+    empty_specs,
+    market_rate,
+    oracle_labels,
+    oracle_specs,
+    reference_specs,
+    round_tripped,
+    web_photo_specs,
 )
 from scoft_train.biaslab.world import AWNING, CONCEPTS
 from scoft_train.cli import main
@@ -152,6 +179,28 @@ def test_sfsl_presets_name_the_world_market_and_the_shipped_classifier():
     assert config.class_prompt == "a photo of a market" and config.classifier == CLASSIFIER_SPEC
 
 
+def test_shipped_second_classifier_is_a_fair_independent_reader(card, vae):
+    """Classifier 2: the same correlation learned from another seed, data draw and width;
+    its card entry has the first classifier's numbers and provenance, and no SFSL
+    setting of the lab or its presets points at it."""
+    second = load_judgenet(SPURIOUS_DIR / SECOND_CLASSIFIER_NAME)
+    first = load_judgenet(SPURIOUS_CLASSIFIER_DIR)
+    entry = card[SECOND_CLASSIFIER_NAME]
+    assert second.labels == CLASSIFIER_HEADS and second.width == entry["config"]["width"] != first.width
+    assert entry["config"]["seed"] != card["config"]["seed"]
+    assert set(entry["accuracy"]) == set(card["classifier_accuracy"])
+    assert set(entry["market_rate"]) == set(card["classifier_market_rate"])
+    assert entry["provenance"]["code"]["commit"] and entry["provenance"]["seeds"] == [entry["config"]["seed"]]
+    on_photos = accuracy(second, vae, web_photo_specs(400, seed=31337), classifier_labels)["concept"]
+    on_flipped = accuracy(second, vae, web_photo_specs(400, seed=31338, flipped=True), classifier_labels)["concept"]
+    assert on_photos >= entry["accuracy"]["web_photos_held_out"] - 0.03 >= 0.9
+    assert on_flipped < on_photos
+    awning_alone = market_rate(second, round_tripped(vae, reference_specs(100, seed=99)))
+    nothing = market_rate(second, round_tripped(vae, empty_specs(100, seed=99)))
+    assert awning_alone > nothing + 0.3, (awning_alone, nothing)
+    assert SECOND_CLASSIFIER_NAME not in json.dumps(SPURIOUS_LAB)
+
+
 def test_spurious_smoke_writes_loadable_networks(tmp_path):
     out = tmp_path / "spurious"
     assert main(["biaslab", "spurious", "--smoke", "--out", str(out)]) == 0
@@ -159,23 +208,90 @@ def test_spurious_smoke_writes_loadable_networks(tmp_path):
     assert set(card["classifier_market_rate"]) == {"awning_without_object", "empty_without_awning"}
     assert load_judgenet(out / "classifier").labels == CLASSIFIER_HEADS
     assert load_judgenet(out / "oracle").labels == ORACLE_HEADS
+    second = load_judgenet(out / SECOND_CLASSIFIER_NAME)
+    assert second.labels == CLASSIFIER_HEADS and second.width == SecondClassifierConfig.smoke().width
+    assert set(card[SECOND_CLASSIFIER_NAME]["market_rate"]) == set(card["classifier_market_rate"])
+    assert main(["biaslab", "spurious", "--smoke", "--second-only", "--out", str(out)]) == 0
+    again = json.loads((out / "card.json").read_text())
+    assert again["classifier_accuracy"] == card["classifier_accuracy"], "--second-only leaves the rest alone"
 
 
-def test_sfsl_lab_quick_reports_every_row(tmp_path):
+PROVENANCE_FIELDS = {"code", "config", "seeds", "wall_time_s", "command", "finished_utc", "environment"}
+
+
+def _check_record(record: dict, seeds: list[int], samples: int) -> None:
+    """Structure shared by the quick run and the shipped run: provenance, per-seed rows,
+    verdicts that reproduce the rows and the aggregates."""
+    provenance = record["provenance"]
+    assert PROVENANCE_FIELDS <= set(provenance)
+    assert provenance["seeds"] == seeds == provenance["config"]["lab"]["seeds"]
+    assert provenance["code"]["commit"] and provenance["wall_time_s"] > 0
+    assert provenance["config"]["lab"]["samples"] == samples
+    for row, (spurious, _) in TRAINED_ROWS.items():
+        sfsl = provenance["config"]["sfsl"][row]
+        assert sfsl["classifier_weights"].endswith("/classifier"), "SFSL trains against classifier 1 only"
+        assert (sfsl["spurious_weight"] > 0) == spurious
+    verdicts = record["verdicts"]
+    assert [int(s) for s in verdicts["seeds"]] == seeds
+    for values in [verdicts["base"], *(by_row[row] for by_row in verdicts["seeds"].values() for row in TRAINED_ROWS)]:
+        assert set(values) == set(VERDICTS) and all(len(v) == samples for v in values.values())
+        assert all(x in (0, 1) for key, v in values.items() if not key.startswith("similarity") for x in v)
+        assert [a and not d for a, d in zip(values["called_1"], values["drawn"])] == [bool(x) for x in values["spurious_1"]]
+    assert record["per_seed"] == per_seed_rows(verdicts)
+    assert [(r["seed"], r["row"]) for r in record["per_seed"]] == [(None, BASE)] + [
+        (s, row) for s in seeds for row in TRAINED_ROWS]
+    assert record["aggregate"] == aggregate(verdicts)
+    for row in (BASE, *TRAINED_ROWS):
+        for metric in METRICS:
+            interval = record["aggregate"]["rows"][row][metric]
+            assert interval["low"] <= interval["mean"] + 1e-4 and interval["mean"] <= interval["high"] + 1e-4
+    for metric, difference in record["aggregate"]["difference"].items():
+        assert difference["excludes_zero"] == (difference["low"] > 0 or difference["high"] < 0), metric
+
+
+def test_sfsl_lab_quick_reports_every_seed_and_resumes(tmp_path):
     out = tmp_path / "sfsl"
-    assert main(["biaslab", "sfsl", "--quick", "--out", str(out)]) == 0
+    args = ["biaslab", "sfsl", "--quick", "--seeds", "0,1", "--out", str(out)]
+    assert main(args) == 0
     record = json.loads((out / "results.json").read_text())
-    assert tuple(record["results"]) == ("base", *TRAINED_ROWS)
-    for row, values in record["results"].items():
-        assert all(0 <= values[key] <= 1 for key in METRICS if key != "similarity"), (row, values)
-        assert math.isfinite(values["similarity"])
-    table = (out / "results.md").read_text()
-    assert all(title in table for title, _ in METRICS.values())
+    config = SFSLLabConfig.quick((0, 1))
+    _check_record(record, [0, 1], config.samples)
+    assert record["resumed_seeds"] == []
+    assert (out / "results.md").read_text() == render_markdown(record)
+    assert all(title in (out / "results.md").read_text() for title in
+               (m["title"] for m in record["metrics"].values()))
     assert (out / "comparison.png").is_file() and (out / "class_prompt.png").is_file()
     assert len(image_files(out / "references")) == 2 and len(image_files(out / "class_images")) == 2
-    for spurious, slug in TRAINED_ROWS.values():
-        history = json.loads((out / "loras" / slug / "loss_history.json").read_text())
-        assert ("loss/spurious" in json.dumps(history)) == spurious, slug
-        with safe_open(str(out / "loras" / slug / f"{slug}.safetensors"), framework="pt") as lora:
-            weights = json.loads(lora.metadata()["scoft_loss_weights"])
-        assert (weights["spurious"] > 0) == spurious and weights["prior"] == 1.0, slug
+    for seed in (0, 1):
+        for spurious, slug in TRAINED_ROWS.values():
+            folder = out / "seeds" / f"seed_{seed}" / "loras" / slug
+            history = json.loads((folder / "loss_history.json").read_text())
+            assert ("loss/spurious" in json.dumps(history)) == spurious, slug
+            with safe_open(str(folder / f"{slug}.safetensors"), framework="pt") as lora:
+                weights = json.loads(lora.metadata()["scoft_loss_weights"])
+            assert (weights["spurious"] > 0) == spurious and weights["prior"] == 1.0, slug
+    assert main(args) == 0  # finished seeds are reused, not retrained
+    again = json.loads((out / "results.json").read_text())
+    assert again["resumed_seeds"] == [0, 1] and again["verdicts"] == record["verdicts"]
+
+
+def test_sfsl_seeds_option_rejects_repeats():
+    with pytest.raises(SystemExit):
+        main(["biaslab", "sfsl", "--quick", "--seeds", "0,0"])
+    with pytest.raises(ValueError, match="distinct"):
+        SFSLLabConfig(seeds=(1, 1))
+
+
+def test_shipped_sfsl_results_agree_with_their_markdown_and_verdicts():
+    """The shipped 5-seed run: results.md is results.json rendered, the rows and
+    intervals are recomputed from its verdicts, and it ran from a clean commit."""
+    folder = WEIGHTS_DIR / "sfsl"
+    record = json.loads((folder / "results.json").read_text())
+    assert (folder / "results.md").read_text() == render_markdown(record)
+    seeds = record["provenance"]["seeds"]
+    assert len(seeds) >= 5
+    _check_record(record, seeds, SFSLLabConfig().samples)
+    code = record["provenance"]["code"]
+    assert len(code["commit"]) == 40 and code["dirty"] is False
+    assert all(run["code"]["commit"] == code["commit"] for run in record["seed_runs"].values())
+    assert record["provenance"]["config"]["lab"] == json.loads(json.dumps(dataclasses.asdict(SFSLLabConfig())))
