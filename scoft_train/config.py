@@ -99,12 +99,12 @@ class TrainConfig(LoopConfig):
     weights: LossWeights = dataclasses.field(default_factory=LossWeights)
     contrastive_every: int = setting(10, "run the decoded-generation branch (L_P, L_C) every N steps", min=1,
                                      max=1_000_000)
-    perceptual_backbone: str = setting("lpips-vgg", "L_P distance: lpips-vgg, lpips-alex, hf (a local vision model) "
-                                       "or biaslab-judge", choices=backbone_names)
+    perceptual_backbone: str = setting("lpips-vgg", "L_P distance: lpips-vgg, lpips-alex, hf (a local vision model), "
+                                       "biaslab-judge or biaslab-ssl", choices=backbone_names)
     perceptual_weights: str | None = setting(None, "local weights of the L_P backbone (.safetensors file, or folder "
                                              "for hf)")
     contrastive_backbone: str = setting("lpips-vgg", "L_C feature space: lpips-vgg, lpips-alex, hf (DINO/CLIP vision "
-                                        "folder) or biaslab-judge", choices=backbone_names)
+                                        "folder), biaslab-judge or biaslab-ssl", choices=backbone_names)
     contrastive_weights: str | None = setting(None, "local weights of the L_C backbone (.safetensors file, or folder "
                                               "for hf)")
     allow_random_backbone: bool = setting(False, "allow LPIPS with a random trunk when no weights are given (smoke "

@@ -11,7 +11,10 @@ Backbones (registry `BACKBONES`):
 - "hf": any transformers vision model saved in a local folder (DINO ViT, DINOv2,
   CLIP vision); the distance is 1 - cosine similarity of the CLS embeddings.
 - "biaslab-judge": the feature maps of a judge-format network (judgenet.py), by default
-  the shipped bias-lab judge (the world model's natural feature space).
+  the shipped bias-lab judge (the evaluator's own features: circular when the judge scores).
+- "biaslab-ssl": the same distance on the shipped label-free encoder (a head-less
+  judge-format trunk trained self-supervised on the bias lab's web corpus), the lab's
+  stand-in for DINO / DreamSim.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .assets import JUDGE_DIR
+from .assets import JUDGE_DIR, SSL_DIR
 from .judgenet import JudgeNet, load_judgenet
 
 log = logging.getLogger(__name__)
@@ -171,7 +174,7 @@ class JudgeDistance(FeatureDistance):
         return sum(((fa - fb) ** 2).sum(dim=1).mean(dim=(1, 2)) for fa, fb in zip(feats_a, feats_b))
 
 
-BACKBONES = ("lpips-vgg", "lpips-alex", "hf", "biaslab-judge")
+BACKBONES = ("lpips-vgg", "lpips-alex", "hf", "biaslab-judge", "biaslab-ssl")
 
 
 def build_feature_distance(name: str, weights: str | Path | None = None, allow_random: bool = False) -> FeatureDistance:
@@ -182,6 +185,8 @@ def build_feature_distance(name: str, weights: str | Path | None = None, allow_r
         return LPIPSDistance("alex", weights, allow_random)
     if name == "biaslab-judge":
         return JudgeDistance(load_judgenet(weights or JUDGE_DIR))
+    if name == "biaslab-ssl":
+        return JudgeDistance(load_judgenet(weights or SSL_DIR))
     if name == "hf":
         if weights is None:
             raise FileNotFoundError("backbone 'hf' needs the local folder of a transformers vision model")

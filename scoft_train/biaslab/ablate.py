@@ -1,18 +1,21 @@
-"""`biaslab ablate`: the paper's ablation, measured by the judge instead of 51 people.
+"""`biaslab ablate`: the paper's ablation over several training seeds, scored by scorers
+that no training loss ever loads.
 
-1. Copy the sample CCUB into the run folder; generate K negatives per image with the
-   world model + its depth ControlNet (the engine's negatives stage, ground-truth depth).
-2. Train one LoRA per preset (FT, FT+M, FT+MP, FT+MPC) with the same seed and steps;
-   L_P / L_C use the judge's feature space.
-3. Sample every held-out prompt N times (same seeds for every model), including a
-   wording the CCUB captions never use, and score base + variants: stereotype rate,
-   cultural relevance, description fidelity (judge), memorization, diversity, KID.
-4. Write results.md (table), results.json, metrics_chart.png, comparison.png and
-   grids/<variant>.png into the run folder.
-5. RS-Corrector rows (rs_rows.py): one latent prior fitted on the CCUB copy vs its
-   negatives; the same prompts/seeds sampled with the late-step correction on the base
-   model (prior loss, direct loss, both) and on the FT+MPC LoRA. Every row also reports
-   its sampling wall time per image, measured in this run.
+1. Copy the sample CCUB into the run folder, remove the held-out cells
+   (prompt_sets.HELD_OUT_CELLS), generate K negatives per image with the world model and
+   its depth ControlNet (the engine's negatives stage, ground-truth depth).
+2. For every training seed, train one LoRA per row (ROWS): FT, FT+M, FT+MP and FT+MPC
+   with L_P / L_C in the label-free encoder's feature space (`biaslab-ssl`), and FT+MPC
+   in the development judge's feature space (the circular row, labelled so).
+   `scorers.check_independent` refuses any other row whose loss reads a scorer.
+3. Sample every test prompt (seen wordings, unseen wordings, held-out cells) with the
+   same sampling seeds for every row and score every image with every scorer
+   (scoring.py). Each (row, seed) unit is saved under units/ as it finishes, so a killed
+   run resumes where it stopped.
+4. RS-Corrector (rs_rows.py): a sweep of its settings on validation prompts, then the
+   best setting on the test prompts, one prior per training seed.
+5. results.json (with provenance), results.md rendered from it (ablation_report.py),
+   comparison.png and grids/<row>.png (training seed `seeds[0]`).
 """
 
 from __future__ import annotations
@@ -21,275 +24,263 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..assets import BIASLAB_CCUB_DIR, WEIGHTS_DIR
-from ..atomic import atomic_write_text
-from ..config import PRESETS, TrainConfig
+from ..atomic import atomic_path, atomic_write_text
+from ..config import TrainConfig
 from ..data import load_ccub
 from ..negatives import NegativeSettings, depth_from_dataset, generate_negatives
 from ..plot import save_history_json
 from ..progress import OnStep
 from ..sampling import sample_tensor
 from ..trainer import SCoFTTrainer
-from .artefacts import load_world, load_world_controlnet, load_world_judge
-from .corpus import held_out_prompts, render_arrays
-from .evaluate import judge_generated, to_model_range
-from .metrics import COPY_THRESHOLD, diversity, kid, memorization_rate, nearest_distance
-from .render import SceneSpec
-from .rs_rows import RS_ROWS, fit_ablation_prior, rs_samples
-from .report import (
-    METRICS, bar_chart, comparison_grid, example_grid, markdown_table, per_culture_table, write_markdown,
-)
-from .training import encode, round_trip
-from .world import CONCEPTS, CULTURE_NAMES, MINORITY, RESOLUTION
+from .ablation_report import aggregate, render_markdown, write_images
+from .artefacts import load_world, load_world_controlnet
+from .corpus import authentic_renders
+from .metrics import copy_calibration, diversity, kid, memorization_rate
+from .prompt_sets import HELD_OUT_CELLS, remove_cells, test_prompts
+from .provenance import provenance
+from .rs_rows import RS_ROW, rs_sweep, rs_test_samples
+from .scorers import SSL, check_independent
+from .scoring import Scorers, load_scorers
+from .training import round_trip
+from .world import RESOLUTION
 
 log = logging.getLogger(__name__)
 
 BASE = "base"
-REAL_SEED_OFFSET = 9_000_000
+CIRCULAR = "FT+MPC (judge features)"
+# row -> (preset, feature space of L_P / L_C)
+ROWS = {
+    "FT": ("FT", "biaslab-ssl"),
+    "FT+M": ("FT+M", "biaslab-ssl"),
+    "FT+MP": ("FT+MP", "biaslab-ssl"),
+    "FT+MPC": ("FT+MPC", "biaslab-ssl"),
+    CIRCULAR: ("FT+MPC", "biaslab-judge"),
+}
+# paired differences reported (minority stereotype rate): each loss added, the method against FT and base
+DIFFERENCES = [("FT+MPC", "FT"), ("FT+MPC", BASE), ("FT", BASE), ("FT+M", "FT"), ("FT+MP", "FT+M"), ("FT+MPC", "FT+MP"),
+               (CIRCULAR, "FT+MPC"), (RS_ROW, BASE)]
 
 
 @dataclass(frozen=True)
 class AblateConfig:
-    """Budgets of the ablation (defaults: the full run, <= 30 min on 2 cores; `quick()`: CI)."""
+    """Budgets of the ablation (defaults: the shipped run; `quick()`: CI)."""
 
-    seed: int = 0
-    steps: int = 400  # LoRA optimizer steps per variant
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # LoRA training seeds (and RS-Corrector prior seeds)
+    sample_seed: int = 0  # sampling seeds, negatives and the RS-Corrector sweep: the same for every row
+    steps: int = 400  # LoRA optimizer steps per row
     batch_size: int = 4
     rank: int = 8
     lr: float = 5e-4
     contrastive_every: int = 5
     denoise_steps: int = 10
     negatives_k: int = 2
-    samples_per_prompt: int = 8  # x 40 held-out prompts
+    samples_per_prompt: int = 4  # x 80 test prompts
     sample_steps: int = 20
     cfg: float = 5.0
-    real_images: int = 400  # held-out authentic renders (KID reference)
+    real_images: int = 400  # held-out authentic renders (KID reference, round-tripped)
     rs_prior_steps: int = 300  # RS-Corrector prior: head updates
     rs_draws: int = 16  # noisy versions per training latent
     rs_batch_size: int = 64
-    rs_max_timestep: int = 400  # only the late steps are corrected
-    rs_last_k: int = 4  # corrected denoising steps (the last K)
-    rs_m_steps: int = 2  # gradient steps per corrected step
-    rs_eta: float = 0.05  # RMS move per gradient step
-    rs_n_refs: int = 4  # reference latents per side (direct loss)
+    rs_max_timestep: int = 400
+    rs_n_refs: int = 4  # reference latents per side (direct loss), drawn across cultures
+    rs_last_k: tuple[int, ...] = (4, 10, 19)  # sweep: corrected denoising steps (the last K)
+    rs_m_steps: tuple[int, ...] = (1, 3)  # sweep: gradient steps per corrected step
+    rs_eta: tuple[float, ...] = (0.05, 0.15)  # sweep: RMS move per gradient step
+    rs_validation_samples: int = 4  # x 12 validation prompts
 
     @classmethod
-    def quick(cls, seed: int = 0) -> AblateConfig:
-        return cls(seed=seed, steps=2, batch_size=2, contrastive_every=1, denoise_steps=2, negatives_k=1,
-                   samples_per_prompt=2, sample_steps=2, real_images=40, rs_prior_steps=3, rs_draws=1,
-                   rs_batch_size=8, rs_last_k=1, rs_m_steps=1, rs_n_refs=2)
+    def quick(cls, seeds: tuple[int, ...] = (0, 1)) -> AblateConfig:
+        return cls(seeds=tuple(seeds), steps=2, batch_size=2, contrastive_every=1, denoise_steps=2, negatives_k=1,
+                   samples_per_prompt=1, sample_steps=2, real_images=40, rs_prior_steps=3, rs_draws=1,
+                   rs_batch_size=8, rs_last_k=(1,), rs_m_steps=(1,), rs_eta=(0.05, 0.15), rs_validation_samples=1)
 
 
 @dataclass(frozen=True)
 class AblateResult:
     out_dir: Path
-    results: dict[str, dict[str, float]]
+    record: dict
     table: str
 
 
-def _slug(name: str) -> str:
-    """A file-name form of a variant name: "FT+MPC" -> "FT_MPC", "RS-Corrector (prior)" -> "RS-Corrector_prior"."""
-    return re.sub(r"[^A-Za-z0-9-]+", "_", name).strip("_")
+def slug(name: str) -> str:
+    """A file-name form of a row name: "FT+MPC (judge features)" -> "FT_MPC_judge_features"."""
+    return "".join(ch if ch.isalnum() or ch == "-" else "_" for ch in name).strip("_").replace("__", "_")
 
 
-FEATURE_SPACE = "biaslab-judge"  # L_P and L_C in the judge's feature space (no VGG/DINO offline)
+def training_plan(c: AblateConfig, weights_dir: Path, seed: int) -> dict[str, TrainConfig]:
+    """row -> its TrainConfig for training seed `seed`."""
+    plan = {}
+    for row, (preset, space) in ROWS.items():
+        weights = str(weights_dir / ("judge" if space == "biaslab-judge" else SSL))
+        plan[row] = TrainConfig(
+            preset=preset, steps=c.steps, batch_size=c.batch_size, grad_accum=1, lr=c.lr,
+            warmup_steps=max(1, c.steps // 20), rank=c.rank, alpha=float(c.rank), seed=seed,
+            contrastive_every=c.contrastive_every, denoise_steps=c.denoise_steps, cfg=c.cfg, checkpoint_every=0,
+            perceptual_backbone=space, perceptual_weights=weights, contrastive_backbone=space,
+            contrastive_weights=weights,
+        )
+    return plan
 
 
-def _train_config(preset: str, c: AblateConfig, judge_dir: Path) -> TrainConfig:
-    return TrainConfig(
-        preset=preset, steps=c.steps, batch_size=c.batch_size, grad_accum=1, lr=c.lr, warmup_steps=max(1, c.steps // 20),
-        rank=c.rank, alpha=float(c.rank), seed=c.seed, contrastive_every=c.contrastive_every,
-        denoise_steps=c.denoise_steps, cfg=c.cfg, checkpoint_every=0,
-        perceptual_backbone=FEATURE_SPACE, perceptual_weights=str(judge_dir),
-        contrastive_backbone=FEATURE_SPACE, contrastive_weights=str(judge_dir),
-    )
+class Units:
+    """The run's finished (row, seed) units under `folder`: verdicts, uint8 images, metrics."""
+
+    def __init__(self, folder: Path, config: dict):
+        self.folder = folder
+        plan = folder / "plan.json"
+        recorded = json.loads(plan.read_text()) if plan.is_file() else None
+        if recorded is not None and recorded != config:
+            raise ValueError(f"{plan}: this run folder holds units of another configuration; use a new --out folder "
+                             "or delete it")
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(plan, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+    def path(self, row: str, seed: int | None) -> Path:
+        return self.folder / f"{slug(row)}{'' if seed is None else f'_seed{seed}'}.npz"
+
+    def load(self, row: str, seed: int | None) -> dict | None:
+        path = self.path(row, seed)
+        if not path.is_file():
+            return None
+        with np.load(path) as data:
+            unit = {key: data[key] for key in data.files if key != "metrics"}
+            unit["metrics"] = json.loads(str(data["metrics"]))
+        return unit
+
+    def save(self, row: str, seed: int | None, unit: dict) -> dict:
+        with atomic_path(self.path(row, seed)) as tmp, open(tmp, "wb") as handle:
+            np.savez_compressed(handle, metrics=json.dumps(unit["metrics"]),
+                                **{k: v for k, v in unit.items() if k != "metrics"})
+        return unit
 
 
-def _authentic_renders(count: int, seed: int) -> torch.Tensor:
-    """Fresh authentic scenes, every culture x concept in turn, [count, 3, 32, 32] in [-1, 1]."""
-    cells = [(name, concept) for name in CULTURE_NAMES for concept in CONCEPTS]
-    specs = [SceneSpec(cells[i % len(cells)][1], cells[i % len(cells)][0], False, i % 4 == 0, seed + REAL_SEED_OFFSET + i)
-             for i in range(count)]
-    return to_model_range(render_arrays(specs)[0])
+def _score_unit(scorers: Scorers, images: torch.Tensor, prompts, training: torch.Tensor, real: torch.Tensor,
+                seconds: float, extra: dict, seed: int) -> dict:
+    """Verdict arrays, the images as uint8 [N, 32, 32, 3] and the image-set metrics of one unit."""
+    verdicts = scorers.verdicts(images, [p[1] for p in prompts], [p[2] for p in prompts])
+    kid_mean, kid_std = kid(scorers.second_judge.embed, real, images, seed=seed)
+    groups = {}
+    metrics = {
+        "memorization": memorization_rate(images, training),
+        "diversity": diversity(images, [groups.setdefault(p[0], len(groups)) for p in prompts]),
+        "kid": kid_mean, "kid_std": kid_std, "seconds_per_image": seconds / len(prompts), **extra,
+    }
+    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return {**verdicts, "images": pixels, "metrics": metrics}
+
+
+def _prepare_ccub(out_dir: Path, ccub_dir: Path, bundle, weights_dir: Path, c: AblateConfig, on_step) -> Path:
+    """The fine-tuning CCUB copy: held-out cells removed, negatives generated (kept on resume)."""
+    ccub = out_dir / "ccub"
+    if not (ccub / "metadata.jsonl").is_file():
+        staging = out_dir / "ccub.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(ccub_dir, staging)
+        removed = remove_cells(staging)
+        log.info("fine-tuning CCUB: %d images of the held-out cells %s removed", removed, HELD_OUT_CELLS)
+        staging.rename(ccub)
+    settings = NegativeSettings(k=c.negatives_k, seed=c.sample_seed, steps=c.sample_steps, cfg=c.cfg, batch_size=50,
+                                resolution=RESOLUTION)
+    generate_negatives(bundle, load_world_controlnet(weights_dir, device=str(bundle.device)), ccub,
+                       depth_from_dataset(), settings, on_step=on_step, preview=out_dir / "negatives_preview.png")
+    return ccub
 
 
 def ablate(out_dir: str | os.PathLike, config: AblateConfig = AblateConfig(), weights_dir: str | os.PathLike = WEIGHTS_DIR,
            ccub_dir: str | os.PathLike = BIASLAB_CCUB_DIR, device: str = "cpu",
            on_step: OnStep | None = None) -> AblateResult:
-    """Run the whole ablation into `out_dir` (created; negatives already there are reused)."""
+    """Run (or resume) the whole ablation in `out_dir`."""
     out_dir, weights_dir, c = Path(out_dir), Path(weights_dir), config
     start = time.perf_counter()
-    timings: dict[str, float] = {}
+    for seed in c.seeds:
+        check_independent(training_plan(c, weights_dir, seed), weights_dir, allowed=(CIRCULAR,))
     bundle = load_world(weights_dir, device=device)
-    judge = load_world_judge(weights_dir, device=device)
-    ccub = out_dir / "ccub"
-    if not ccub.exists():
-        shutil.copytree(ccub_dir, ccub)
-    settings = NegativeSettings(k=c.negatives_k, seed=c.seed, steps=c.sample_steps, cfg=c.cfg, batch_size=50,
-                                resolution=RESOLUTION)
-    generate_negatives(bundle, load_world_controlnet(weights_dir, device=device), ccub, depth_from_dataset(),
-                       settings, on_step=on_step, preview=out_dir / "negatives_preview.png")
+    scorers = load_scorers(weights_dir, device)
+    units = Units(out_dir / "units", {k: v for k, v in dataclasses.asdict(c).items() if k != "seeds"})
+    ccub = _prepare_ccub(out_dir, Path(ccub_dir), bundle, weights_dir, c, on_step)
     dataset = load_ccub(ccub, resolution=RESOLUTION)
     negatives = torch.cat([dataset[i]["negatives"] for i in range(len(dataset))]).to(device)
-    negatives_stereotype = float(judge.predict(negatives)["stereotype"].float().mean())
-    timings["negatives"] = time.perf_counter() - start
+    negatives_stereotype = scorers.stereotype(negatives)
 
-    rows = [row for row in held_out_prompts() for _ in range(c.samples_per_prompt)]
-    prompts = [row[0] for row in rows]
-
-    def generate(lora_path=None) -> torch.Tensor:
-        pixels = sample_tensor(bundle, prompts, c.seed, lora_path=lora_path, steps=c.sample_steps, cfg=c.cfg,
-                               batch_size=64)
-        return pixels.permute(0, 3, 1, 2).to(device) * 2 - 1
-
-    seconds: dict[str, float] = {}
-    lap = time.perf_counter()
-    samples = {BASE: generate()}
-    seconds[BASE] = time.perf_counter() - lap
-    loras: dict[str, Path] = {}
-    for preset in PRESETS:
-        lap = time.perf_counter()
-        trainer = SCoFTTrainer(bundle, dataset, _train_config(preset, c, weights_dir / "judge"),
-                               out_dir / "loras" / _slug(preset))
-        history = trainer.train(on_step)
-        lora = loras[preset] = trainer.export_lora(out_dir / "loras" / f"{_slug(preset)}.safetensors")
-        save_history_json(history, out_dir / "loras" / f"{_slug(preset)}_loss_history.json")
-        sampling = time.perf_counter()
-        samples[preset] = generate(lora)
-        seconds[preset] = time.perf_counter() - sampling
-        timings[preset] = time.perf_counter() - lap
-        del trainer
-
-    lap = time.perf_counter()
-    prior = fit_ablation_prior(bundle, ccub, c)
-    timings["rs_prior_fit"] = time.perf_counter() - lap
-    rs_images, rs_seconds = rs_samples(bundle, prior, prompts, c, loras["FT+MPC"], device)
-    samples.update(rs_images)
-    seconds.update(rs_seconds)
-    timings["rs_sampling"] = sum(rs_seconds.values())
-
+    prompts = [p for p in test_prompts() for _ in range(c.samples_per_prompt)]
     ccub_images = torch.stack([dataset[i]["pixel_values"] for i in range(len(dataset))]).to(device)
     training = round_trip(bundle.vae, ccub_images)
-    real = _authentic_renders(c.real_images, c.seed).to(device)
-    reference = _copy_references(bundle.vae, ccub_images, training, round_trip(bundle.vae, real), c.seed)
-    results = {name: _score(judge, images, rows, training, real, c.seed) | {"seconds_per_image": seconds[name] / len(prompts)}
-               for name, images in samples.items()}
-    table = markdown_table(results)
-    _write_outputs(out_dir, c, results, table, samples, rows, reference, negatives_stereotype, timings, start, prior)
-    return AblateResult(out_dir, results, table)
+    real = round_trip(bundle.vae, authentic_renders(c.real_images, c.sample_seed).to(device))
 
+    def generate(lora_path=None) -> tuple[torch.Tensor, float]:
+        lap = time.perf_counter()
+        pixels = sample_tensor(bundle, [p[0] for p in prompts], c.sample_seed, lora_path=lora_path,
+                               steps=c.sample_steps, cfg=c.cfg, batch_size=64)
+        return pixels.permute(0, 3, 1, 2).to(device) * 2 - 1, time.perf_counter() - lap
 
-def _copy_references(vae, ccub_images: torch.Tensor, training: torch.Tensor, fresh: torch.Tensor,
-                     seed: int) -> dict[str, float]:
-    """Where copies and non-copies fall against the copy threshold, measured to `training`
-    (the round-tripped CCUB images): decoded posterior samples of the CCUB images, and
-    fresh authentic renders (round-tripped)."""
-    mean, std = encode(vae, ccub_images)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        copies = vae.decode(mean + std * torch.randn(mean.shape, generator=generator).to(mean.device)).sample.clamp(-1, 1)
-    return {
-        "copy_threshold": COPY_THRESHOLD,
-        "decoded_ccub_sample_median": float(nearest_distance(copies, training).median()),
-        "fresh_authentic_median": float(nearest_distance(fresh, training).median()),
-        "fresh_authentic_flagged": memorization_rate(fresh, training),
-    }
+    if units.load(BASE, None) is None:
+        images, seconds = generate()
+        units.save(BASE, None, _score_unit(scorers, images, prompts, training, real, seconds, {}, c.sample_seed))
+    for seed in c.seeds:
+        for row, train_config in training_plan(c, weights_dir, seed).items():
+            if units.load(row, seed) is not None:
+                continue
+            log.info("training %s, seed %d", row, seed)
+            lap = time.perf_counter()
+            folder = out_dir / "loras" / f"{slug(row)}_seed{seed}"
+            trainer = SCoFTTrainer(bundle, dataset, train_config, folder)
+            history = trainer.train(on_step)
+            lora = trainer.export_lora(folder.with_suffix(".safetensors"))
+            save_history_json(history, folder.parent / f"{folder.name}_loss_history.json")
+            train_seconds = time.perf_counter() - lap
+            del trainer
+            images, seconds = generate(lora)
+            units.save(row, seed, _score_unit(scorers, images, prompts, training, real, seconds,
+                                              {"train_seconds": train_seconds}, c.sample_seed))
 
+    sweep = rs_sweep(bundle, ccub, scorers, c, units.folder / "rs_sweep.json", device)
+    best = sweep["best"]
+    for seed in c.seeds:
+        if units.load(RS_ROW, seed) is None:
+            images, seconds, prior_info = rs_test_samples(bundle, ccub, [p[0] for p in prompts], best, c, seed, device)
+            units.save(RS_ROW, seed, _score_unit(scorers, images, prompts, training, real, seconds,
+                                                 {"prior": prior_info}, c.sample_seed))
 
-def _score(judge, images: torch.Tensor, rows, training: torch.Tensor, real: torch.Tensor, seed: int) -> dict[str, float]:
-    verdicts = judge_generated(judge, images, [r[1] for r in rows], [r[2] for r in rows])
-    kid_mean, kid_std = kid(judge, real, images, seed=seed)
-    return {
-        "stereotype_rate_minority": verdicts.rate("stereotype", MINORITY),
-        "stereotype_rate": verdicts.rate("stereotype"),
-        "cultural_relevance": verdicts.rate("relevant"),
-        "description_fidelity": verdicts.rate("faithful"),
-        "memorization": memorization_rate(images, training),
-        "diversity": diversity(images, _prompt_groups(rows)),
-        "kid": kid_mean,
-        "kid_std": kid_std,
-        "stereotype_rate_per_culture": verdicts.per_culture("stereotype"),
-        "cultural_relevance_per_culture": verdicts.per_culture("relevant"),
-    }
-
-
-def _prompt_groups(rows) -> list[int]:
-    """The index of each sample's prompt."""
-    index: dict[str, int] = {}
-    return [index.setdefault(row[0], len(index)) for row in rows]
-
-
-def _write_outputs(out_dir, c, results, table, samples, rows, reference, negatives_stereotype, timings, start,
-                   prior) -> None:
-    prompts = [row[0] for row in rows]
-    n = c.samples_per_prompt
-    unique = prompts[::n]
-    for name, images in samples.items():
-        example_grid(images, unique, n, out_dir / "grids" / f"{_slug(name)}.png")
-    minority_rows = [i * n for i, row in enumerate(rows[::n]) if row[1] in MINORITY]
-    comparison_grid(samples, prompts, minority_rows[:: max(1, len(minority_rows) // 12)], out_dir / "comparison.png")
-    bar_chart(results, out_dir / "metrics_chart.png")
-    timings["total"] = time.perf_counter() - start
-    record = {
-        "config": dataclasses.asdict(c),
-        "feature_space": FEATURE_SPACE,
-        "held_out_prompts": unique,
-        "samples_per_variant": len(prompts),
-        "metrics": {key: {"title": title, "better": better} for key, (title, better) in METRICS.items()},
-        "results": results,
+    rows = [BASE, *ROWS, RS_ROW]
+    loaded = {row: {None: units.load(BASE, None)} if row == BASE else {s: units.load(row, s) for s in c.seeds}
+              for row in rows}
+    reference = copy_calibration(bundle.vae, ccub_images, training, real, c.sample_seed)
+    record = aggregate(loaded, prompts, c.samples_per_prompt, DIFFERENCES)
+    record.update({
+        "title": "Bias-lab ablation",
+        "rows": {row: _row_description(row, weights_dir) for row in rows},
+        "held_out_cells": [list(cell) for cell in HELD_OUT_CELLS],
+        "ccub_images_fine_tuned": len(dataset),
         "memorization_reference_distances": reference,
-        "negatives_judged_stereotype": negatives_stereotype,
-        "rs_corrector_prior": {
-            "heldout_accuracy": prior.heldout_accuracy,
-            "heldout_accuracy_by_timestep": json.loads(prior.info["heldout_accuracy_by_timestep"]),
-            "fair": prior.info["fair"], "fair_size": int(prior.info["fair_size"]),
-            "stereo": prior.info["stereo"], "stereo_size": int(prior.info["stereo_size"]),
-            "heldout_fair": int(prior.info["heldout_fair"]), "heldout_stereo": int(prior.info["heldout_stereo"]),
-            "rows": {name: {"w_prior": wp, "w_direct": wd, "model": "FT+MPC LoRA" if on_lora else BASE}
-                     for name, (wp, wd, on_lora) in RS_ROWS.items()},
-        },
-        "wall_time_s": {k: round(v, 1) for k, v in timings.items()},
-    }
+        "negatives": {"count": len(negatives), "judged_stereotype": {
+            scorer: float(flags.mean()) for scorer, flags in negatives_stereotype.items()}},
+        "rs_corrector_sweep": sweep,
+        "provenance": provenance(dataclasses.asdict(c), list(c.seeds), time.perf_counter() - start),
+    })
     atomic_write_text(out_dir / "results.json", json.dumps(record, indent=2) + "\n")
-    notes = [
-        "`*` marks the minority cultures (about 85% stereotype renderings in the web corpus).",
-        f"{len(prompts)} samples per model: {len(unique)} held-out prompts x {n} seeds (the same seeds for every model); "
-        "half the prompts use a wording the CCUB captions never use.",
-        f"LoRA: rank {c.rank}, {c.steps} steps, batch {c.batch_size}, lr {c.lr}, seed {c.seed}; L_P and L_C in the judge's "
-        f"feature space; decoded branch every {c.contrastive_every} steps with {c.denoise_steps} denoising steps.",
-        f"Sampling: DDIM {c.sample_steps} steps, cfg {c.cfg}. Negatives: {c.negatives_k} per CCUB image from the world "
-        f"model + depth ControlNet; the judge calls {negatives_stereotype:.0%} of them stereotype.",
-        f"Memorization: nearest VAE round-tripped CCUB training image closer than RMSE {reference['copy_threshold']} "
-        f"(0..1 pixels). Calibration: a decoded posterior sample of a CCUB image (a copy) sits at "
-        f"{reference['decoded_ccub_sample_median']:.3f}, a fresh authentic render at "
-        f"{reference['fresh_authentic_median']:.3f} (medians); {reference['fresh_authentic_flagged']:.1%} of fresh "
-        "authentic renders are flagged (the metric's floor for a model that draws new authentic images).",
-        f"Diversity: mean pairwise RMSE between samples of one prompt. KID: judge embeddings, against "
-        f"{c.real_images} held-out authentic renders.",
-        f"RS-Corrector: one latent prior per run, fitted on the CCUB working copy ({prior.info['fair_size']} images, "
-        f"fair) vs its negatives ({prior.info['stereo_size']}, stereotypical); {c.rs_prior_steps} head steps, "
-        f"{c.rs_draws} noisy draws per latent, timesteps 0..{c.rs_max_timestep}; held-out balanced accuracy "
-        f"{prior.heldout_accuracy:.3f} ({prior.info['heldout_fair']} + {prior.info['heldout_stereo']} held-out images, "
-        f"chance 0.5). Correction on the last {c.rs_last_k} of {c.sample_steps} DDIM steps, {c.rs_m_steps} gradient "
-        f"steps of RMS {c.rs_eta}, {c.rs_n_refs} references per side; (prior) = prior loss only, (direct) = direct "
-        "loss only, (both) = both; rows without FT+MPC correct the base model, FT+MPC + RS-Corrector corrects the "
-        "FT+MPC LoRA (same file as its row).",
-        "Seconds per image: wall time of sampling that row's images in this run (batch 64, "
-        f"{torch.get_num_threads()} torch threads) over {len(prompts)}; LoRA training and the prior fit are not included "
-        f"(prior fit: {timings['rs_prior_fit']:.0f} s).",
-        f"Wall time: {timings['total']:.0f} s.",
-    ]
-    per_culture = "\n".join(per_culture_table(results, key, title) for key, title in (
-        ("stereotype_rate_per_culture", "Stereotype rate per culture (lower is better)"),
-        ("cultural_relevance_per_culture", "Cultural relevance per culture (higher is better)"),
-    ))
-    write_markdown(out_dir / "results.md", "Bias-lab ablation", table + "\n" + per_culture, notes)
-    log.info("ablation written to %s\n%s", out_dir, table)
+    table = render_markdown(record)
+    atomic_write_text(out_dir / "results.md", table)
+    write_images(out_dir, loaded, prompts, c.samples_per_prompt, c.seeds[0], slug)
+    log.info("ablation written to %s", out_dir)
+    return AblateResult(out_dir, record, table)
+
+
+def _row_description(row: str, weights_dir: Path) -> dict:
+    """What a row is: trained or not, its preset and the feature space of its L_P / L_C."""
+    if row == BASE:
+        return {"trained": False, "feature_space": None, "circular": False}
+    if row == RS_ROW:
+        return {"trained": False, "feature_space": "RS-Corrector prior (world UNet encoder)", "circular": False}
+    preset, space = ROWS[row]
+    folder = "judge" if space == "biaslab-judge" else SSL
+    return {"trained": True, "preset": preset, "feature_space": space, "circular": row == CIRCULAR,
+            "feature_weights": f"{weights_dir.name}/{folder}"}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ..atomic import atomic_save_image, atomic_write_text
@@ -36,6 +37,7 @@ CCUB_TEMPLATES = ("a {concept} in {culture}", "a traditional {culture} {concept}
 # Held-out prompts: one wording the sample CCUB uses, one it never uses.
 HELD_OUT_TEMPLATES = ("a {concept} in {culture}", "a photo of a {culture} {concept}")
 CCUB_SEED_OFFSET = 7_000_000
+REAL_SEED_OFFSET = 9_000_000
 
 
 @dataclass(frozen=True)
@@ -131,3 +133,12 @@ def write_ccub(folder: str | Path, per_culture: int = 20, seed: int = 0) -> Path
                                  "negative_imgpath": [], "depth": f"depth/{stem}.png"}))
     atomic_write_text(folder / "metadata.jsonl", "\n".join(lines) + "\n")
     return folder
+
+
+def authentic_renders(count: int, seed: int) -> torch.Tensor:
+    """Fresh authentic scenes, every culture x concept in turn, [count, 3, 32, 32] in [-1, 1]
+    (the ablation's KID and memorization references)."""
+    cells = [(name, concept) for name in CULTURE_NAMES for concept in CONCEPTS]
+    specs = [SceneSpec(cells[i % len(cells)][1], cells[i % len(cells)][0], False, i % 4 == 0, seed + REAL_SEED_OFFSET + i)
+             for i in range(count)]
+    return torch.from_numpy(render_arrays(specs)[0]).permute(0, 3, 1, 2).float() / 127.5 - 1

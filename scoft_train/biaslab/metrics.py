@@ -12,19 +12,21 @@ intensity units (a mean over the 3 x 32 x 32 values).
   and only ~1% of them fall below 0.036. `ablate` re-measures both and reports them.
 - diversity: mean pairwise pixel distance among the samples of one prompt, averaged
   over prompts.
-- KID: torchmetrics' KernelInceptionDistance with the judge's embedding as the feature
-  extractor (no Inception weights exist offline), against held-out authentic renders.
+- KID: torchmetrics' KernelInceptionDistance with a scorer's embedding as the feature
+  extractor (no Inception weights exist offline), against held-out authentic renders
+  after the same VAE round trip the generated images had (like with like).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
+from torch import nn
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from ..judgenet import JudgeNet
-from .judge import JudgeEmbedding
+from .training import encode
 
 COPY_THRESHOLD = 0.03
 
@@ -58,15 +60,45 @@ def diversity(samples: torch.Tensor, groups: list[int]) -> float:
     return sum(means) / len(means) if means else float("nan")
 
 
-def kid(judge: JudgeNet, real: torch.Tensor, fake: torch.Tensor, subsets: int = 50, seed: int = 0) -> tuple[float, float]:
-    """(mean, std) of KID between real and fake images in the judge's embedding space."""
+class _Embedding(nn.Module):
+    """torchmetrics' feature extractor: images [B, 3, H, W] in [0, 1] -> `embed` of them in [-1, 1]."""
+
+    def __init__(self, embed: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.embed = embed
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embed(images.float() * 2 - 1)
+
+
+def kid(embed: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor, subsets: int = 50,
+        seed: int = 0) -> tuple[float, float]:
+    """(mean, std) of KID between real and fake images [N, 3, H, W] in [-1, 1], in the
+    feature space of `embed` (images in [-1, 1] -> [N, D])."""
     subset_size = min(100, len(real), len(fake))
     with warnings.catch_warnings():  # it warns that it keeps every feature: a few hundred 128-d vectors here
         warnings.filterwarnings("ignore", message="Metric `Kernel Inception Distance`")
-        metric = KernelInceptionDistance(feature=JudgeEmbedding(judge), subsets=subsets, subset_size=subset_size)
+        metric = KernelInceptionDistance(feature=_Embedding(embed), subsets=subsets, subset_size=subset_size)
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         metric.update((real + 1) / 2, real=True)
         metric.update((fake + 1) / 2, real=False)
         mean, std = metric.compute()
     return float(mean), float(std)
+
+
+def copy_calibration(vae, ccub_images: torch.Tensor, training: torch.Tensor, fresh: torch.Tensor,
+                     seed: int) -> dict[str, float]:
+    """Where copies and non-copies fall against COPY_THRESHOLD, measured to `training` (the
+    round-tripped CCUB images): decoded posterior samples of the CCUB images (copies) and
+    fresh authentic renders (round-tripped, non-copies)."""
+    mean, std = encode(vae, ccub_images)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        copies = vae.decode(mean + std * torch.randn(mean.shape, generator=generator).to(mean.device)).sample.clamp(-1, 1)
+    return {
+        "copy_threshold": COPY_THRESHOLD,
+        "decoded_ccub_sample_median": float(nearest_distance(copies, training).median()),
+        "fresh_authentic_median": float(nearest_distance(fresh, training).median()),
+        "fresh_authentic_flagged": memorization_rate(fresh, training),
+    }

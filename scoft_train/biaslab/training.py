@@ -25,7 +25,7 @@ KL_WEIGHT = 1e-6
 MIN_SNR_GAMMA = 5.0
 
 
-def _optimizer(params, lr: float, steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def optimizer_and_schedule(params, lr: float, steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW without weight decay (unused embedding rows stay as initialised), 5% linear
     warm-up, then cosine to zero."""
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -39,7 +39,7 @@ def _optimizer(params, lr: float, steps: int) -> tuple[torch.optim.Optimizer, to
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _run(stage: str, steps: int, step_fn: Callable[[int], dict], on_step: OnStep | None) -> list[dict]:
+def run_steps(stage: str, steps: int, step_fn: Callable[[int], dict], on_step: OnStep | None) -> list[dict]:
     history = []
     for step in range(1, steps + 1):
         logs = {"stage": stage, "step": step, **step_fn(step)}
@@ -52,7 +52,7 @@ def _run(stage: str, steps: int, step_fn: Callable[[int], dict], on_step: OnStep
     return history
 
 
-def _batch_indices(n: int, batch: int, generator: torch.Generator) -> torch.Tensor:
+def batch_indices(n: int, batch: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randint(n, (batch,), generator=generator)
 
 
@@ -61,10 +61,10 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch: int, lr: float, seed
     """L1 + MSE reconstruction of a posterior sample, plus a tiny KL term."""
     generator = torch.Generator().manual_seed(seed)
     vae.train().requires_grad_(True)
-    optimizer, schedule = _optimizer(vae.parameters(), lr, steps)
+    optimizer, schedule = optimizer_and_schedule(vae.parameters(), lr, steps)
 
     def step_fn(_step: int) -> dict:
-        x = images[_batch_indices(len(images), batch, generator)]
+        x = images[batch_indices(len(images), batch, generator)]
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(x.device)
         recon = vae.decode(z).sample
@@ -77,7 +77,7 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch: int, lr: float, seed
         schedule.step()
         return {"loss": loss.item(), "loss/l1": l1.item(), "loss/mse": mse.item()}
 
-    history = _run("vae", steps, step_fn, on_step)
+    history = run_steps("vae", steps, step_fn, on_step)
     vae.eval().requires_grad_(False)
     return history
 
@@ -126,10 +126,10 @@ def train_denoiser(unet, text_encoder, scheduler, latents: tuple[torch.Tensor, t
     for module in modules:
         module.train().requires_grad_(True)
     params = [p for module in modules for p in module.parameters()]
-    optimizer, schedule = _optimizer(params, lr, steps)
+    optimizer, schedule = optimizer_and_schedule(params, lr, steps)
 
     def step_fn(_step: int) -> dict:
-        index = _batch_indices(len(mean), batch, generator)
+        index = batch_indices(len(mean), batch, generator)
         z_t, noise, t = _noisy(scheduler, mean[index], std[index], scale, generator)
         ids = token_ids[index].clone()
         drop = torch.rand(batch, generator=generator) < cond_drop
@@ -143,7 +143,7 @@ def train_denoiser(unet, text_encoder, scheduler, latents: tuple[torch.Tensor, t
         schedule.step()
         return {"loss": loss.item()}
 
-    history = _run("denoiser", steps, step_fn, on_step)
+    history = run_steps("denoiser", steps, step_fn, on_step)
     for module in modules:
         module.eval().requires_grad_(False)
     return history
@@ -162,10 +162,10 @@ def train_controlnet(controlnet, unet, scheduler, latents: tuple[torch.Tensor, t
     mean, std = latents
     controlnet.train().requires_grad_(True)
     unet.eval().requires_grad_(False)
-    optimizer, schedule = _optimizer(controlnet.parameters(), lr, steps)
+    optimizer, schedule = optimizer_and_schedule(controlnet.parameters(), lr, steps)
 
     def step_fn(_step: int) -> dict:
-        index = _batch_indices(len(mean), batch, generator)
+        index = batch_indices(len(mean), batch, generator)
         z_t, noise, t = _noisy(scheduler, mean[index], std[index], scale, generator)
         rows = caption_index[index].clone()
         rows[torch.rand(batch, generator=generator) < cond_drop] = empty_index
@@ -181,7 +181,7 @@ def train_controlnet(controlnet, unet, scheduler, latents: tuple[torch.Tensor, t
         schedule.step()
         return {"loss": loss.item()}
 
-    history = _run("controlnet", steps, step_fn, on_step)
+    history = run_steps("controlnet", steps, step_fn, on_step)
     controlnet.eval().requires_grad_(False)
     return history
 
@@ -191,10 +191,10 @@ def train_judge(judge, images: torch.Tensor, labels: dict[str, torch.Tensor], st
     """Sum of the three heads' cross-entropies; light pixel-noise augmentation."""
     generator = torch.Generator().manual_seed(seed)
     judge.train().requires_grad_(True)
-    optimizer, schedule = _optimizer(judge.parameters(), lr, steps)
+    optimizer, schedule = optimizer_and_schedule(judge.parameters(), lr, steps)
 
     def step_fn(_step: int) -> dict:
-        index = _batch_indices(len(images), batch, generator)
+        index = batch_indices(len(images), batch, generator)
         x = images[index]
         x = x + 0.03 * torch.randn(x.shape, generator=generator).to(x.device)
         logits = judge(x)
@@ -206,6 +206,6 @@ def train_judge(judge, images: torch.Tensor, labels: dict[str, torch.Tensor], st
         schedule.step()
         return {"loss": loss.item(), **{f"loss/{k}": v.item() for k, v in losses.items()}}
 
-    history = _run("judge", steps, step_fn, on_step)
+    history = run_steps("judge", steps, step_fn, on_step)
     judge.eval().requires_grad_(False)
     return history

@@ -1,8 +1,9 @@
-"""`biaslab pretrain|ablate|spurious|sfsl`: the bias lab's commands (scoft_train/biaslab)."""
+"""`biaslab pretrain|scorers|ablate|memorization|spurious|sfsl`: the bias lab's commands (scoft_train/biaslab)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -43,8 +44,42 @@ def _measurement(args, name: str, run, config_class) -> int:
 
 def cmd_ablate(args) -> int:
     from ..biaslab.ablate import AblateConfig, ablate
+    from ..progress import tqdm_progress
 
-    return _measurement(args, "ablate", ablate, AblateConfig)
+    _set_threads(args.threads)
+    config = AblateConfig.quick() if args.quick else AblateConfig()
+    if args.seeds is not None:
+        config = dataclasses.replace(config, seeds=tuple(args.seeds))
+    with tqdm_progress("biaslab ablate") as on_step:
+        result = ablate(args.out, config, weights_dir=args.weights, device=args.device, on_step=on_step)
+    print(f"{result.table}\nresults: {result.out_dir / 'results.md'}")
+    return 0
+
+
+def cmd_memorization(args) -> int:
+    from ..biaslab.memorization import MemorizationConfig, memorization_stress
+    from ..progress import tqdm_progress
+
+    _set_threads(args.threads)
+    config = MemorizationConfig.quick() if args.quick else MemorizationConfig()
+    if args.seeds is not None:
+        config = dataclasses.replace(config, seeds=tuple(args.seeds))
+    with tqdm_progress("biaslab memorization") as on_step:
+        result = memorization_stress(args.out, config, weights_dir=args.weights, device=args.device, on_step=on_step)
+    print(f"{result.table}\nresults: {result.out_dir / 'results.md'}")
+    return 0
+
+
+def cmd_scorers(args) -> int:
+    from ..biaslab.scorers import ScorersConfig, train_scorers
+    from ..progress import tqdm_progress
+
+    _set_threads(args.threads)
+    config = ScorersConfig.smoke() if args.smoke else ScorersConfig()
+    with tqdm_progress("biaslab scorers") as on_step:
+        card = train_scorers(args.out, config, weights_dir=args.weights, on_step=on_step)
+    print(json.dumps(card, indent=2) + f"\nsecond judge, rules and label-free encoder: {args.out}")
+    return 0
 
 
 def cmd_spurious(args) -> int:
@@ -96,7 +131,7 @@ def cmd_sfsl(args) -> int:
 
 
 def register(verbs) -> None:
-    """The `biaslab` verb with `pretrain`, `ablate`, `spurious` and `sfsl`."""
+    """The `biaslab` verb with `pretrain`, `scorers`, `ablate`, `memorization`, `spurious` and `sfsl`."""
     biaslab = verbs.add_parser("biaslab", help="the bias lab: a synthetic culture world to measure SCoFT without humans")
     what = biaslab.add_subparsers(dest="biaslab", required=True, metavar="WHAT")
     pre = what.add_parser("pretrain", help="train the world model, its depth ControlNet and the judge from a seed",
@@ -107,15 +142,38 @@ def register(verbs) -> None:
     pre.add_argument("--seed", type=int, default=0, help="seed of the corpus, the initialisations and the data order")
     pre.add_argument("--smoke", action="store_true", help="a few steps of every stage (CI): trains nothing useful")
     pre.set_defaults(func=cmd_pretrain)
-    abl = what.add_parser("ablate", help="FT / FT+M / FT+MP / FT+MPC vs the base model, scored by the judge",
-                          description="Negatives with the world ControlNet, one LoRA per preset, samples of held-out "
-                                      "prompts, metrics table + JSON + bar chart + example grids in one folder.")
+    abl = what.add_parser("ablate", help="FT / FT+M / FT+MP / FT+MPC / RS-Corrector vs the base model over training "
+                                         "seeds, scored by scorers no loss loads",
+                          description="Negatives with the world ControlNet; per training seed one LoRA per row; "
+                                      "samples of the seen, unseen-wording and held-out-cell prompts; rates with "
+                                      "bootstrap intervals, paired differences, results.json (with provenance) and "
+                                      "results.md rendered from it. Finished (row, seed) units in OUT are reused.")
     abl.add_argument("--out", type=Path, default=Path("outputs/biaslab/ablate"), help="run folder")
     abl.add_argument("--weights", type=Path, default=WEIGHTS_DIR,
-                     help="folder with world/, controlnet/ and judge/ (default: the shipped artefacts)")
-    abl.add_argument("--seed", type=int, default=0, help="seed of negatives, LoRA training and sampling")
+                     help="folder with world/, controlnet/, judge/, second_judge/, rules.json and ssl/ "
+                          "(default: the shipped artefacts)")
+    abl.add_argument("--seeds", type=_seed_list, default=None,
+                     help="LoRA training seeds, comma-separated (default 0,1,2,3,4; --quick: 0,1)")
     abl.add_argument("--quick", action="store_true", help="a few steps and samples (CI): numbers are not meaningful")
     abl.set_defaults(func=cmd_ablate)
+    mem = what.add_parser("memorization", help="FT vs FT+M where memorization can move: few CCUB images, many steps",
+                          description="A small CCUB copy, FT and FT+M LoRAs per training seed, every training caption "
+                                      "sampled; the share of samples that copy a training image, with intervals.")
+    mem.add_argument("--out", type=Path, default=Path("outputs/biaslab/memorization"), help="run folder")
+    mem.add_argument("--weights", type=Path, default=WEIGHTS_DIR, help="folder with world/ (default: shipped)")
+    mem.add_argument("--seeds", type=_seed_list, default=None,
+                     help="LoRA training seeds, comma-separated (default 0,1,2; --quick: 0,1)")
+    mem.add_argument("--quick", action="store_true", help="a few steps and samples (CI): numbers are not meaningful")
+    mem.set_defaults(func=cmd_memorization)
+    sco = what.add_parser("scorers", help="train the second judge and the label-free encoder, calibrate the rules",
+                          description="The ablation's independent scorers (second judge, rule-based scorer) and the "
+                                      "label-free feature space of its L_P / L_C rows, from their own seeds and data.")
+    sco.add_argument("--out", type=Path, default=WEIGHTS_DIR,
+                     help="output folder: second_judge/, rules.json, ssl/, scorers_card.json (default: the shipped "
+                          "artefacts' folder)")
+    sco.add_argument("--weights", type=Path, default=WEIGHTS_DIR, help="folder with world/ (its VAE round-trips)")
+    sco.add_argument("--smoke", action="store_true", help="a few steps (CI): trains nothing useful")
+    sco.set_defaults(func=cmd_scorers)
     spur = what.add_parser("spurious", help="train the spurious-feature lab's market classifier and oracle",
                            description="Render web photos where the awning is behind 95%% of markets, train the "
                                        "classifier on them and an oracle where it is independent, measure, write.")
@@ -141,7 +199,7 @@ def register(verbs) -> None:
     for parser in (spur, sfsl):
         parser.add_argument("--weights", type=Path, default=WEIGHTS_DIR,
                             help="folder with world/ (and, for sfsl, spurious/); default: the shipped artefacts")
-    for parser in (pre, abl, spur, sfsl):
+    for parser in (pre, abl, mem, sco, spur, sfsl):
         parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
         parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice); "
                             "on a shared, oversubscribed machine 1 is often fastest")

@@ -144,6 +144,14 @@ def load_prior(path: str | os.PathLike, bundle: ModelBundle | None = None, force
     return Prior(head, tensors["refs.fair"], tensors["refs.stereo"], info)
 
 
+def spread(latents: torch.Tensor, count: int = MAX_REFS) -> torch.Tensor:
+    """`count` latents evenly spaced through the set (all if fewer): folders are often sorted by
+    culture or subject, so the first `count` would cover only the first few groups."""
+    if len(latents) <= count:
+        return latents
+    return latents[torch.linspace(0, len(latents) - 1, count).round().long()]
+
+
 def _split(count: int, heldout: float, generator: torch.Generator, side: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, held-out) index tensors; held-out gets round(heldout x count), at least 1."""
     if count < 2:
@@ -242,7 +250,7 @@ def fit_prior(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             head = ProjectorHead(encoder.dim, hidden, dim).to(bundle.device)
-        prior = Prior(head, latents[FAIR][:MAX_REFS], latents[STEREO][:MAX_REFS], {"tau": str(tau)})
+        prior = Prior(head, spread(latents[FAIR]), spread(latents[STEREO]), {"tau": str(tau)})
         _train_head(prior, features, steps, batch_size, lr, generator, on_step)
         fair_out, stereo_out = (z[out] for z, (_, out) in zip(latents, splits))
         by_level = heldout_accuracy(bundle, prior, fair_out, stereo_out, max_timestep, seed)

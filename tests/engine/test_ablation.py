@@ -1,0 +1,220 @@
+"""The bias-lab ablation's honesty rules: scorers no loss loads, a label-free feature space,
+intervals over seeds and prompts, held-out prompts that are held out, provenance, and
+results.md rendered from results.json (the shipped pairs agree)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scoft_train.assets import BIASLAB_CCUB_DIR, WEIGHTS_DIR
+from scoft_train.biaslab import ablation_report, memorization
+from scoft_train.biaslab.ablate import CIRCULAR, ROWS, AblateConfig, training_plan
+from scoft_train.biaslab.artefacts import load_world
+from scoft_train.biaslab.corpus import (
+    CCUB_TEMPLATES, CULTURE_TEMPLATES, GENERIC_TEMPLATES, balanced_specs, ccub_examples, render_arrays, web_corpus,
+)
+from scoft_train.biaslab.evaluate import judge_accuracy, labels_of, to_model_range
+from scoft_train.biaslab.intervals import difference_interval, excludes_zero, rate_interval
+from scoft_train.biaslab.prompt_sets import (
+    HELD_OUT_CELLS, UNSEEN_TEMPLATES, VALIDATION_TEMPLATES, test_prompts, validation_prompts,
+)
+from scoft_train.biaslab.render import SceneSpec, render
+from scoft_train.biaslab.rules import load_rules, rule_accuracy
+from scoft_train.biaslab.scorers import CARD, RULES, SECOND_JUDGE, SSL, check_independent
+from scoft_train.biaslab.second_judge import ARCH, load_second_judge
+from scoft_train.biaslab.training import round_trip
+from scoft_train.biaslab.world import MINORITY
+from scoft_train.cli import main
+from scoft_train.features import build_feature_distance
+
+ABLATION_DIR = WEIGHTS_DIR / "ablation"
+MEMORIZATION_DIR = WEIGHTS_DIR / "memorization"
+
+
+@pytest.fixture(scope="module")
+def card() -> dict:
+    return json.loads((WEIGHTS_DIR / CARD).read_text())
+
+
+@pytest.fixture(scope="module")
+def vae():
+    return load_world().vae
+
+
+def _fresh(vae, count: int, seed: int):
+    specs = balanced_specs(count, seed)
+    return specs, round_trip(vae, to_model_range(render_arrays(specs)[0]))
+
+
+# --- independence: a loss never loads the evaluator ---
+
+def test_no_headline_row_trains_against_a_scorer():
+    for seed in AblateConfig().seeds:
+        plan = training_plan(AblateConfig(), WEIGHTS_DIR, seed)
+        check_independent(plan, WEIGHTS_DIR, allowed=(CIRCULAR,))
+        with pytest.raises(ValueError, match="never load the evaluator"):
+            check_independent(plan, WEIGHTS_DIR)  # the circular row reads the development judge
+        for row, config in plan.items():
+            if row != CIRCULAR and config.preset in ("FT+MP", "FT+MPC"):
+                assert config.contrastive_backbone == "biaslab-ssl" and Path(config.contrastive_weights).name == SSL
+
+
+@pytest.mark.parametrize("target", [SECOND_JUDGE, "judge"])
+def test_a_loss_pointing_at_a_scoring_network_is_refused(target):
+    plan = training_plan(AblateConfig(), WEIGHTS_DIR, 0)
+    bad = dataclasses.replace(plan["FT+MPC"], perceptual_backbone="biaslab-judge",
+                              perceptual_weights=str(WEIGHTS_DIR / target))
+    with pytest.raises(ValueError, match="row 'FT\\+MPC': the perceptual loss reads a scoring network"):
+        check_independent({"FT+MPC": bad}, WEIGHTS_DIR)
+    default_judge = dataclasses.replace(plan["FT"], contrastive_backbone="biaslab-judge", contrastive_weights=None)
+    with pytest.raises(ValueError, match="contrastive loss reads a scoring network"):
+        check_independent({"FT": default_judge}, WEIGHTS_DIR)
+
+
+# --- the prompt sets ---
+
+def test_unseen_wordings_are_in_no_ccub_or_web_corpus_caption():
+    captions = {e.caption.removesuffix(" at dusk") for e in web_corpus(20, seed=0)}
+    captions |= {e.caption.removesuffix(" at dusk") for e in ccub_examples()}
+    for template in UNSEEN_TEMPLATES + VALIDATION_TEMPLATES:
+        assert template not in CCUB_TEMPLATES
+    for template in UNSEEN_TEMPLATES:
+        assert template not in CULTURE_TEMPLATES + GENERIC_TEMPLATES
+    prompts = test_prompts()
+    unseen = [p for p in prompts if p[3] == "unseen"]
+    assert unseen and not {p[0] for p in unseen} & captions
+    validation = {p[0] for p in validation_prompts()}
+    assert not validation & {p[0] for p in prompts}, "the RS-Corrector sweep must not see a test prompt"
+    assert {(p[1], p[2]) for p in prompts if p[3] == "held-out cells"} == set(HELD_OUT_CELLS)
+    assert all((p[1], p[2]) not in HELD_OUT_CELLS for p in prompts if p[3] != "held-out cells")
+    assert {c for c, _ in HELD_OUT_CELLS} == set(MINORITY)
+
+
+# --- intervals ---
+
+def test_intervals_cover_the_spread_and_pair_differences():
+    rng = np.random.default_rng(0)
+    constant = np.full((5, 20), 0.4)
+    assert rate_interval(constant) == {"mean": pytest.approx(0.4), "low": pytest.approx(0.4), "high": pytest.approx(0.4)}
+    noisy = rng.random((5, 40))
+    interval = rate_interval(noisy)
+    assert interval["low"] < noisy.mean() < interval["high"] and interval["high"] - interval["low"] < 0.3
+    assert not excludes_zero(difference_interval(noisy, noisy))
+    assert difference_interval(noisy, noisy)["high"] == pytest.approx(0)
+    lower = np.clip(noisy - 0.3, 0, 1)
+    assert excludes_zero(difference_interval(lower, noisy)) and difference_interval(lower, noisy)["high"] < 0
+    base = rng.random((1, 40))
+    assert difference_interval(noisy, base)["mean"] == pytest.approx(noisy.mean() - base.mean())
+    with pytest.raises(ValueError, match="same prompts"):
+        difference_interval(noisy, rng.random((5, 10)))
+
+
+# --- the shipped scorers and the label-free encoder ---
+
+def test_second_judge_is_another_network_and_reads_fresh_renders(card, vae):
+    second = load_second_judge(WEIGHTS_DIR / SECOND_JUDGE)
+    assert "arch" not in json.loads((WEIGHTS_DIR / "judge" / "config.json").read_text())
+    assert json.loads((WEIGHTS_DIR / SECOND_JUDGE / "config.json").read_text())["arch"] == ARCH
+    specs, images = _fresh(vae, 300, seed=515151)
+    accuracy = judge_accuracy(second, images, labels_of(specs))
+    for head, recorded in card["second_judge"]["held_out_accuracy_vae_round_trip"].items():
+        assert accuracy[head] >= recorded - 0.05, (head, accuracy[head], recorded)
+    assert accuracy["stereotype"] > 0.9
+
+
+def test_rule_scorer_reads_the_worlds_definition(card, vae):
+    rules = load_rules(WEIGHTS_DIR / RULES)
+    specs, images = _fresh(vae, 300, seed=626262)
+    accuracy = rule_accuracy(rules, images, torch.tensor([s.stereotype for s in specs]), [s.culture for s in specs])
+    recorded = card["rules"]["accuracy_fresh_renders"]
+    assert accuracy["stereotype_balanced_accuracy"] >= recorded["stereotype_balanced_accuracy"] - 0.05 > 0.85
+    clean = to_model_range(np.stack([render(SceneSpec("house", "Tisharu", stereotype, False, 3)).image
+                                     for stereotype in (False, True)]))
+    verdict = rules.verdicts(clean, ["Tisharu", "Tisharu"])
+    assert verdict["stereotype"].tolist() == [False, True] and verdict["relevant"].tolist() == [True, False]
+
+
+def test_label_free_encoder_is_a_feature_backbone_that_separates_looks(card):
+    assert card["ssl"]["labels_read"] == "none"
+    config = json.loads((WEIGHTS_DIR / SSL / "config.json").read_text())
+    assert config["heads"] == {}, "the label-free encoder has no classification head"
+    distance = build_feature_distance("biaslab-ssl")
+    specs = [SceneSpec("meal", "Ombresk", False, False, seed) for seed in range(6)]
+    specs += [SceneSpec("meal", "Ombresk", True, False, seed) for seed in range(6)]
+    images = to_model_range(render_arrays(specs)[0])
+    authentic, stereotype = images[:6], images[6:]
+    within = distance(authentic[:3], authentic[3:]).mean()
+    across = distance(authentic[:3], stereotype[:3]).mean()
+    assert across > 1.5 * within, (float(across), float(within))
+    image = authentic[:1].requires_grad_(True)
+    distance(image, stereotype[:1]).sum().backward()
+    assert image.grad.abs().sum() > 0, "L_P / L_C need a gradient through the encoder"
+
+
+# --- the commands, end to end (quick), and the shipped results ---
+
+@pytest.fixture(scope="module")
+def quick_ablation(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ablate") / "run"
+    assert main(["biaslab", "ablate", "--quick", "--out", str(out), "--threads", "2"]) == 0
+    return out
+
+
+def test_ablate_quick_records_rows_sets_scorers_and_provenance(quick_ablation):
+    record = json.loads((quick_ablation / "results.json").read_text())
+    rows = ["base", *ROWS, "RS-Corrector (best of sweep)"]
+    assert list(record["rates"]) == rows and record["rows"][CIRCULAR]["circular"]
+    assert not any(record["rows"][r]["circular"] for r in rows if r != CIRCULAR)
+    for row in rows:
+        for name in ("seen", "unseen", "held-out cells", "all"):
+            for scorer in ("second_judge", "rules"):
+                interval = record["rates"][row][name][f"{scorer}/stereotype"]["minority"]
+                assert interval["low"] <= interval["mean"] <= interval["high"]
+    assert set(record["per_seed"]["FT+MPC"]) == {"0", "1"} and set(record["per_seed"]["base"]) == {"None"}
+    assert "FT+MPC − FT" in record["differences"]
+    provenance = record["provenance"]
+    assert len(provenance["code"]["commit"]) == 40 and provenance["seeds"] == [0, 1]
+    assert provenance["config"]["steps"] == AblateConfig.quick().steps and provenance["wall_time_s"] > 0
+    assert (quick_ablation / "results.md").read_text() == ablation_report.render_markdown(record)
+    ccub_names = [json.loads(line)["file_name"] for line in (quick_ablation / "ccub/metadata.jsonl").read_text().split()]
+    assert not [n for n in ccub_names for c, k in HELD_OUT_CELLS if f"/{c.lower()}_{k}_" in n]
+    assert len(ccub_names) < len((BIASLAB_CCUB_DIR / "metadata.jsonl").read_text().splitlines())
+    for name in ("comparison.png", "grids/base.png", "grids/FT_MPC.png", "units/rs_sweep.json"):
+        assert (quick_ablation / name).is_file(), name
+
+
+def test_ablate_resumes_from_finished_units(quick_ablation):
+    units = sorted((quick_ablation / "units").glob("*.npz"))
+    stamps = {p: p.stat().st_mtime_ns for p in units}
+    assert main(["biaslab", "ablate", "--quick", "--out", str(quick_ablation), "--threads", "2"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in units} == stamps, "finished units must not be redone"
+    plan = quick_ablation / "units" / "plan.json"
+    changed = json.loads(plan.read_text()) | {"steps": 999}
+    plan.write_text(json.dumps(changed))
+    with pytest.raises(ValueError, match="another configuration"):
+        main(["biaslab", "ablate", "--quick", "--out", str(quick_ablation)])
+
+
+def test_memorization_quick_records_rates_and_renders(tmp_path):
+    out = tmp_path / "memorization"
+    assert main(["biaslab", "memorization", "--quick", "--out", str(out), "--threads", "2"]) == 0
+    record = json.loads((out / "results.json").read_text())
+    assert set(record["rates"]) == {"base", "FT", "FT+M"} and "FT+M − FT" in record["differences"]
+    assert record["training_images"] == 5 and record["provenance"]["seeds"] == [0, 1]
+    assert (out / "results.md").read_text() == memorization.render_markdown(record)
+
+
+@pytest.mark.parametrize("folder, render", [(ABLATION_DIR, ablation_report.render_markdown),
+                                            (MEMORIZATION_DIR, memorization.render_markdown)])
+def test_shipped_results_md_is_rendered_from_shipped_results_json(folder, render):
+    record = json.loads((folder / "results.json").read_text())
+    assert (folder / "results.md").read_text() == render(record)
+    provenance = record["provenance"]
+    assert len(provenance["code"]["commit"]) == 40 and provenance["code"]["dirty"] is False
+    assert provenance["seeds"] and provenance["wall_time_s"] > 0 and provenance["config"]
