@@ -109,7 +109,7 @@ def test_class_images_are_generated_once_and_resumed(tiny_bundle, tmp_path):
 
 
 def test_losses_are_finite_and_gradients_reach_only_the_two_loras(tiny_bundle, trained, classifier):
-    losses = trained.micro_step_losses(trained._batch())
+    losses = trained.micro_step_losses(trained.objective.batch())
     assert set(losses) == {"instance", "prior", "spurious"}
     assert all(value.shape == () and torch.isfinite(value) for value in losses.values())
     assert 0 <= losses["spurious"] <= 2
@@ -181,12 +181,12 @@ def test_kohya_names_map_fully_onto_comfyui_key_map(tiny_bundle, exported):
 def test_spurious_loss_lowers_the_feature_distance_on_a_toy_case(tiny_bundle, datasets, classifier):
     config = SFSLConfig(**{**SMALL, "rank": 8, "prior_loss_weight": 0.0, "spurious_weight": 1.0, "lr": 5e-3})
     trainer = SFSLTrainer(tiny_bundle, datasets[0], None, config, classifier=classifier)
-    z0 = trainer._latents(datasets[0][0]["pixel_values"][None])
+    z0 = trainer.objective.latents(datasets[0][0]["pixel_values"][None])
     t = torch.tensor([700])
     z_t = tiny_bundle.scheduler.add_noise(z0, torch.randn(z0.shape, generator=torch.Generator().manual_seed(1)), t)
 
     def distance() -> torch.Tensor:
-        return trainer.spurious_loss(z_t, t, trainer._embed([config.instance_prompt]))
+        return trainer.objective.spurious_loss(z_t, t, trainer.objective.embed([config.instance_prompt]))
 
     with torch.no_grad():
         start = distance().item()

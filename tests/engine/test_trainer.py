@@ -1,4 +1,5 @@
-"""The SCoFT trainer on the tiny model: losses, gradient routing, branch, resume, errors."""
+"""The SCoFT trainer (the SCoFT objective in the LoRA loop) on the tiny model: losses, gradient
+routing, branch, resume, errors."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def is_lora(name: str) -> bool:
 
 def test_every_loss_is_finite_with_expected_sign(tiny_bundle, dataset):
     trainer = make_trainer(tiny_bundle, dataset, contrastive_form="hinge")
-    losses = trainer.micro_step_losses(trainer._batch())
+    losses = trainer.micro_step_losses(trainer.objective.batch())
     assert set(losses) == {"ldm", "mem", "perceptual", "contrastive"}
     for name, value in losses.items():
         assert value.shape == torch.Size([]), name
@@ -50,7 +51,7 @@ def test_gradients_reach_lora_and_nothing_else(tiny_bundle, dataset, loss):
         for name, param in trainer.unet.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.01)
-    trainer.micro_step_losses(trainer._batch())[loss].backward()
+    trainer.micro_step_losses(trainer.objective.batch())[loss].backward()
     with_grad = {n for n, p in trainer.unet.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert with_grad, f"L_{loss} moved no parameter"
     assert all(is_lora(n) for n in with_grad), sorted(n for n in with_grad if not is_lora(n))[:3]
@@ -73,9 +74,9 @@ def test_branch_records_grad_in_exactly_one_unet_call(tiny_bundle, dataset, mode
     trainer = make_trainer(tiny_bundle, dataset)
     calls: list[bool] = []
     handle = trainer.unet.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
-    cond = trainer._embed(["a house"])
+    cond = trainer.objective.embed(["a house"])
     z_t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    z0 = denoise_to_latent(trainer.unet, tiny_bundle.scheduler, z_t, 700, cond, trainer._embed([""]),
+    z0 = denoise_to_latent(trainer.unet, tiny_bundle.scheduler, z_t, 700, cond, trainer.objective.embed([""]),
                            steps=5, grad_mode=mode, generator=torch.Generator().manual_seed(3))
     handle.remove()
     assert len(calls) == 5 and sum(calls) == 1
@@ -97,13 +98,13 @@ def test_contrastive_only_training_lowers_the_gap_on_a_fixed_triplet(tiny_bundle
     item = dataset[0]
     batch = {"pixels": item["pixel_values"][None], "negatives": [item["negatives"]],
              "text": [item["text"]], "generic_text": [item["generic_text"]]}
-    z0 = trainer._latents(batch["pixels"])
+    z0 = trainer.objective.latents(batch["pixels"])
     t = torch.tensor([600])
     z_t = tiny_bundle.scheduler.add_noise(z0, torch.randn(z0.shape, generator=torch.Generator().manual_seed(1)), t)
-    cond = trainer._embed(batch["text"])
+    cond = trainer.objective.embed(batch["text"])
 
     def gap() -> torch.Tensor:
-        return trainer._decoded_losses(batch, z_t, t, cond)["contrastive"]
+        return trainer.objective.decoded_losses(batch, z_t, t, cond)["contrastive"]
 
     with torch.no_grad():
         start = gap().item()
