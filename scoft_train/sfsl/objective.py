@@ -22,6 +22,7 @@ import copy
 
 import torch
 
+from ..checkpoint import UNRECORDED
 from ..lora import TEXT_ENCODER_TARGETS, add_lora
 from ..losses import diffusion_target, ldm_loss
 from ..objective import Objective, unaugmented
@@ -135,6 +136,13 @@ class SFSLObjective(Objective):
                 features = self.classifier.class_features(image, self.config.target_class)
                 similarities.append(reference_similarity(features, references))
         return 1 - torch.cat(similarities).mean()
+
+    def dataset_fingerprints(self) -> dict[str, str]:
+        """The instance images' fingerprint and, with prior preservation, the class images'."""
+        fingerprints = super().dataset_fingerprints()
+        if self.prior:
+            fingerprints["class_images"] = getattr(self.classes, "fingerprint", UNRECORDED)
+        return fingerprints
 
     def lora_metadata(self) -> dict[str, str]:
         c = self.config

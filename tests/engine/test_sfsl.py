@@ -13,6 +13,7 @@ from PIL import Image
 from peft import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
+from scoft_train.checkpoint import OtherRunError
 from scoft_train.cli import build_parser, main
 from scoft_train.models import load_tiny_model
 from scoft_train.sampling import sample_tensor
@@ -210,6 +211,23 @@ def test_checkpoint_resume_restores_both_loras(tiny_bundle, datasets, classifier
     assert any(k.startswith("text_encoder.") for k in expected) and expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     assert any(v.abs().sum() > 0 for k, v in got.items() if k.startswith("text_encoder.") and "lora_B" in k)
+
+
+def test_class_images_are_part_of_the_run_identity(tiny_bundle, datasets, files, classifier, tmp_path):
+    instances, classes = datasets
+    config = SFSLConfig(**{**SMALL, "steps": 1, "spurious_weight": 0.0, "train_text_encoder": False})
+    first = SFSLTrainer(tiny_bundle, instances, classes, config, tmp_path, classifier=classifier)
+    assert first.run_identity().datasets == {"dataset": instances.fingerprint, "class_images": classes.fingerprint}
+    first.train()
+    path = first.save_checkpoint()
+    other_classes = load_image_folder(files["refs"], config.class_prompt, resolution=64)
+    assert other_classes.fingerprint != classes.fingerprint
+    second = SFSLTrainer(tiny_bundle, instances, other_classes, config, tmp_path, classifier=classifier)
+    with pytest.raises(OtherRunError, match=r"class_images fingerprint: \w+ now, \w+ in the checkpoint"):
+        second.resume(path)
+    # Without prior preservation the class images are not trained on, and not recorded.
+    unused = SFSLTrainer(tiny_bundle, instances, classes, dataclasses.replace(config, prior_loss_weight=0.0))
+    assert unused.run_identity().datasets == {"dataset": instances.fingerprint}
 
 
 def test_set_up_errors_name_the_fix(tiny_bundle, datasets, files):
