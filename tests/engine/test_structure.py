@@ -8,7 +8,9 @@ Floors, top to bottom; an import may only point down or sideways within a floor:
   features, shipped-asset paths, ...).
 
 Checked: no import cycle between modules, no core or methods module imports the lab, and
-no import points up a floor.
+no import points up a floor. The training loop: one loop (`loop`) and the objective contract
+(`objective`) reach no objective; each objective (SCoFT's, SFSL's) and its trainer reach
+neither the other objective nor the other trainer, directly or through other modules.
 A package's own `__init__` is not counted as a dependency of its submodules.
 """
 
@@ -22,6 +24,9 @@ TOOLS = {"cli", "bench", "demo", "client", "__main__"}
 LAB = "biaslab"
 METHODS = {"rscorrector", "sfsl"}
 FLOORS = ("core", "methods", "lab", "tools")
+# Each objective with the trainer that runs it in the loop.
+OBJECTIVES = {"scoft_train.scoft_objective": "scoft_train.trainer",
+              "scoft_train.sfsl.objective": "scoft_train.sfsl.trainer"}
 
 
 def _modules() -> dict[str, Path]:
@@ -127,3 +132,30 @@ def test_imports_only_point_down():
                     for name, targets in graph.items() for target in targets
                     if FLOORS.index(_floor(target)) > FLOORS.index(_floor(name)))
     assert upward == []
+
+
+def _reach(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module `start` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_the_loop_knows_no_objective_and_objectives_not_each_other():
+    graph = _graph()
+    pieces = set(OBJECTIVES) | set(OBJECTIVES.values())
+    assert pieces | {"scoft_train.loop", "scoft_train.objective"} <= graph.keys()
+    for shared in ("scoft_train.loop", "scoft_train.objective"):
+        assert not _reach(graph, shared) & pieces, shared
+    for objective, trainer in OBJECTIVES.items():
+        others = pieces - {objective, trainer}
+        for module in (objective, trainer):
+            assert not _reach(graph, module) & others, (module, sorted(_reach(graph, module) & others))
+        assert {"scoft_train.loop", objective} <= graph[trainer] and "scoft_train.objective" in graph[objective]
+
+
+def test_reach_follows_imports_through_other_modules():
+    assert _reach({"a": {"b"}, "b": {"c"}, "c": set(), "d": {"a"}}, "a") == {"b", "c"}
