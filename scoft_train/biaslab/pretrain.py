@@ -317,4 +317,25 @@ def model_card_markdown(card: dict) -> str:
         f"Files: {card['files_bytes']['total'] / 1e6:.1f} MB (fp16 safetensors).",
         "",
     ]
+    if "scorers" in card:
+        lines += scorers_markdown(card["scorers"])
     return "\n".join(lines)
+
+
+def scorers_markdown(scorers: dict) -> list[str]:
+    """The model card's section on `biaslab scorers` (scorers_card.json's numbers)."""
+    judge, rules, ssl = scorers["second_judge"], scorers["rules"], scorers["ssl"]
+    return [
+        "## Independent scorers and the label-free encoder (`python -m scoft_train biaslab scorers`)",
+        "- second judge (another architecture, seed and data draw; a scorer only, no loss loads it): held-out "
+        "accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in judge["held_out_accuracy_vae_round_trip"].items())
+        + f"; {judge['parameters'] / 1e3:.0f}k parameters, {judge['train_images']} training images",
+        f"- rule-based scorer (the world's palettes; max residual {rules['max_residual']:g}, stereotype share "
+        f"{rules['stereotype_share']:g}): on fresh round-tripped renders, stereotype balanced accuracy "
+        f"{rules['accuracy_fresh_renders']['stereotype_balanced_accuracy']:.3f}, signature accuracy (authentic) "
+        f"{rules['accuracy_fresh_renders']['signature_accuracy_authentic']:.3f}",
+        f"- label-free encoder (SimCLR on {ssl['corpus_images']} web-corpus images, labels read: {ssl['labels_read']}; "
+        f"{ssl['parameters'] / 1e3:.0f}k parameters, final loss {ssl['final_loss']:.3f}): the feature space of the "
+        "ablation's headline L_P / L_C rows (backbone `biaslab-ssl`), never a scorer",
+        "",
+    ]

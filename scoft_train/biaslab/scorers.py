@@ -31,6 +31,7 @@ from .artefacts import load_world
 from .corpus import balanced_specs, render_arrays, web_corpus
 from .evaluate import judge_accuracy, labels_of, to_model_range
 from .judge import HEADS
+from .pretrain import CARD_JSON, CARD_MD, model_card_markdown
 from .rules import calibrate, rule_accuracy
 from .second_judge import SecondJudge
 from .ssl import train_ssl_encoder
@@ -141,4 +142,9 @@ def train_scorers(out_dir: str | os.PathLike = WEIGHTS_DIR, config: ScorersConfi
         "wall_time_s": {**{k: round(v, 1) for k, v in lap.items()}, "total": round(time.perf_counter() - start, 1)},
     }
     atomic_write_text(out_dir / CARD, json.dumps(card, indent=2) + "\n")
+    world_card = out_dir / CARD_JSON
+    if world_card.is_file():  # the world's model card records them too
+        record = json.loads(world_card.read_text()) | {"scorers": card}
+        atomic_write_text(world_card, json.dumps(record, indent=2) + "\n")
+        atomic_write_text(out_dir / CARD_MD, model_card_markdown(record))
     return card

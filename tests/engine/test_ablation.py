@@ -218,3 +218,17 @@ def test_shipped_results_md_is_rendered_from_shipped_results_json(folder, render
     provenance = record["provenance"]
     assert len(provenance["code"]["commit"]) == 40 and provenance["code"]["dirty"] is False
     assert provenance["seeds"] and provenance["wall_time_s"] > 0 and provenance["config"]
+
+
+def test_scorers_smoke_writes_loadable_artefacts_and_the_model_card(tmp_path):
+    out = tmp_path / "weights"
+    out.mkdir()
+    (out / "model_card.json").write_text((WEIGHTS_DIR / "model_card.json").read_text())
+    assert main(["biaslab", "scorers", "--smoke", "--out", str(out), "--threads", "2"]) == 0
+    second = load_second_judge(out / SECOND_JUDGE)
+    assert second(torch.zeros(2, 3, 32, 32))["stereotype"].shape == (2, 2)
+    assert 0 < load_rules(out / RULES).stereotype_share < 1
+    distance = build_feature_distance("biaslab-ssl", out / SSL)
+    assert distance(torch.zeros(1, 3, 32, 32), torch.ones(1, 3, 32, 32)).item() > 0
+    assert json.loads((out / "model_card.json").read_text())["scorers"]["ssl"]["labels_read"] == "none"
+    assert "label-free encoder" in (out / "MODEL_CARD.md").read_text()
