@@ -5,10 +5,11 @@ invented minority cultures are mostly shown as one drab stereotype, it draws tha
 stereotype when asked for them. The demo takes a working copy of the shipped CCUB
 folder (authentic images of every culture), makes the negatives the paper's way
 (depth + ControlNet with the pretrained model), trains a SCoFT (FT+MPC) LoRA with the
-judge's feature space as the perceptual backbone (with a live preview every
+lab's label-free encoder as the perceptual backbone (with a live preview every
 PREVIEW_EVERY steps in previews/), and writes a baseline | LoRA 0.5 | SCoFT grid, three
-seeds per prompt from the same seeds, each cell badged with the judge's verdict, plus a
-judge-scored table of rates before and after with 95% bootstrap intervals.
+seeds per prompt from the same seeds, each cell badged with the second judge's verdict,
+plus a table of its rates before and after with 95% bootstrap intervals. The second
+judge is a scorer no training loss loads.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ import torch
 
 from .assets import BIASLAB_CCUB_DIR
 from .atomic import atomic_write_text
-from .biaslab.artefacts import WORLD_SAMPLING, load_world_judge
+from .assets import WEIGHTS_DIR
+from .biaslab.artefacts import WORLD_SAMPLING
+from .biaslab.scorers import SECOND_JUDGE
+from .biaslab.second_judge import load_second_judge
 from .biaslab.corpus import held_out_prompts
 from .biaslab.evaluate import judge_generated
 from .biaslab.world import MINORITY
@@ -58,11 +62,12 @@ class DemoResult:
 
 
 def demo_config(steps: int) -> TrainConfig:
-    """SCoFT (all four losses) sized for a CPU; the judge is the L_P / L_C feature space."""
+    """SCoFT (all four losses) sized for a CPU; L_P / L_C in the lab's label-free encoder's features
+    (never in a scorer's)."""
     return TrainConfig(
         preset="FT+MPC", steps=steps, batch_size=4, grad_accum=1, rank=8, alpha=8.0, lr=5e-4,
         warmup_steps=max(1, steps // 20), contrastive_every=5, denoise_steps=10, cfg=WORLD_SAMPLING["cfg"],
-        perceptual_backbone="biaslab-judge", contrastive_backbone="biaslab-judge", checkpoint_every=0,
+        perceptual_backbone="biaslab-ssl", contrastive_backbone="biaslab-ssl", checkpoint_every=0,
     )
 
 
@@ -82,6 +87,12 @@ def bootstrap_interval(hits: torch.Tensor, draws: int = BOOTSTRAP_DRAWS, seed: i
     return float(low), float(high)
 
 
+def load_scorer():
+    """The demo's scorer: the lab's second judge, which no training loss loads (the loss's
+    feature space is the label-free encoder), so the table does not grade its own training."""
+    return load_second_judge(WEIGHTS_DIR / SECOND_JUDGE)
+
+
 def judge_marks(judge, prompt_rows: dict[str, tuple[str, str]]):
     """A grid scorer: the judge's verdict per image as a badge, S (red) = the stereotype,
     R (green) = the named culture's own signature; no badge = neither."""
@@ -99,7 +110,7 @@ def stereotype_table(bundle, lora: Path, seed: int = 0) -> tuple[str, dict]:
     """Judge verdicts on the minority cultures' held-out prompts, baseline vs SCoFT, same seeds,
     each rate with its 95% two-stage bootstrap interval, and the SCoFT - baseline change
     with a paired interval (same resampled prompts and samples for both)."""
-    judge = load_world_judge()
+    judge = load_scorer()
     rows = [row for row in held_out_prompts() if row[1] in MINORITY for _ in range(SAMPLES_PER_PROMPT)]
     prompts = [row[0] for row in rows]
     hits, results = {}, {}
@@ -123,7 +134,7 @@ def stereotype_table(bundle, lora: Path, seed: int = 0) -> tuple[str, dict]:
 
     lines = [
         f"Minority cultures ({', '.join(MINORITY)}): {len(prompts) // SAMPLES_PER_PROMPT} held-out prompts x "
-        f"{SAMPLES_PER_PROMPT} samples = {len(prompts)} images per model, same seeds, judged by the world's judge.",
+        f"{SAMPLES_PER_PROMPT} samples = {len(prompts)} images per model, same seeds, judged by the second judge (no training loss loads it).",
         "",
         "| model | stereotype rate | cultural relevance | description fidelity |",
         "|---|---|---|---|",
@@ -135,7 +146,7 @@ def stereotype_table(bundle, lora: Path, seed: int = 0) -> tuple[str, dict]:
         "percentile method. The last row is the change, with a paired interval (both models resampled with the "
         "same prompts and samples); an interval that excludes 0 is a change beyond sampling noise.",
         "",
-        "Grid badges: S (red) = the judge sees the stereotype; R (green) = it sees the named culture's own "
+        "Grid badges: S (red) = the second judge sees the stereotype; R (green) = it sees the named culture's own "
         "signature; no badge = neither.",
     ]
     return "\n".join(lines) + "\n", results
@@ -160,7 +171,7 @@ def run_demo(out_dir: str | Path, steps: int = 300, seed: int = 0) -> DemoResult
     prompt_rows = {f"a {concept} in {culture}": (culture, concept) for culture in MINORITY for concept in ("house", "meal")}
     grid = compare(bundle, trained.lora, list(prompt_rows), out_dir / "compare_grid.png", seed=seed,
                    seeds_per_prompt=GRID_SEEDS, extra_strengths=GRID_STRENGTHS,
-                   scorer=judge_marks(load_world_judge(), prompt_rows), **WORLD_SAMPLING)
+                   scorer=judge_marks(load_scorer(), prompt_rows), **WORLD_SAMPLING)
     table, results = stereotype_table(bundle, trained.lora, seed)
     atomic_write_text(out_dir / "stereotype_table.md", table)
     atomic_write_text(out_dir / "stereotype_table.json", json.dumps(results, indent=2))
