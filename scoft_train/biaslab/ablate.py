@@ -264,6 +264,9 @@ def ablate(out_dir: str | os.PathLike, config: AblateConfig = AblateConfig(), we
         "negatives": {"count": len(negatives), "judged_stereotype": {
             scorer: float(flags.mean()) for scorer, flags in negatives_stereotype.items()}},
         "rs_corrector_sweep": sweep,
+        "unit_compute_seconds": round(sum(u["metrics"].get("train_seconds", 0.0) + u["metrics"]["seconds_per_image"]
+                                          * len(prompts) for units_of_row in loaded.values()
+                                          for u in units_of_row.values()), 1),
         "provenance": provenance(dataclasses.asdict(c), list(c.seeds), time.perf_counter() - start),
     })
     atomic_write_text(out_dir / "results.json", json.dumps(record, indent=2) + "\n")

@@ -194,8 +194,9 @@ def _notes(record: dict) -> list[str]:
         f"at {ref['fresh_authentic_median']:.3f} (medians); {ref['fresh_authentic_flagged']:.1%} of fresh renders are "
         "flagged. KID compares round-tripped authentic renders with the (decoded) samples.",
         f"Code {prov['code']['commit']}{' (with uncommitted changes)' if prov['code']['dirty'] else ''}; "
-        f"wall time {prov['wall_time_s']:.0f} s; {prov['environment']['threads']} torch threads; finished "
-        f"{prov['finished_utc']}.",
+        f"wall time of the final invocation {prov['wall_time_s']:.0f} s (finished units are reused); training and "
+        f"sampling time of all units {record['unit_compute_seconds']:.0f} s; {prov['environment']['threads']} torch "
+        f"threads; finished {prov['finished_utc']}.",
     ]
 
 
