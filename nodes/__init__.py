@@ -11,22 +11,27 @@ from .models import LoadSCoFTModel
 from .negatives import GenerateSCoFTNegatives
 from .rscorrector import RSCorrectorFit, RSCorrectorSampler
 from .sampling import SCoFTCompareGrid, SCoFTSampler
-from .sfsl import SFSLTrain
-from .train import SCoFTTrain
+from .sfsl import SFSLTrain, SFSLTrainLoRA, SFSLTrainSettings
+from .train import SCoFTTrain, SCoFTTrainLoRA, SCoFTTrainSettings
 
-# (node id, display name, class)
+# (node id, display name, class). SCoFTTrain and SCoFTSFSLTrain are the full training nodes of older
+# workflows (every setting a widget), deprecated for the short nodes with their Advanced Settings.
 NODES = (
     ("SCoFTLoadModel", "Load SCoFT Model", LoadSCoFTModel),
     ("SCoFTLoadCCUBDataset", "Load CCUB Dataset", LoadCCUBDataset),
     ("SCoFTGenerateNegatives", "Generate SCoFT Negatives", GenerateSCoFTNegatives),
-    ("SCoFTTrain", "SCoFT Train", SCoFTTrain),
+    ("SCoFTTrainLoRA", "SCoFT Train", SCoFTTrainLoRA),
+    ("SCoFTTrainSettings", "SCoFT Advanced Settings", SCoFTTrainSettings),
     ("SCoFTSaveLoRA", "Save SCoFT LoRA", SaveSCoFTLoRA),
     ("SCoFTLoadLoRA", "Load SCoFT LoRA", LoadSCoFTLoRA),
     ("SCoFTSampler", "SCoFT Sampler", SCoFTSampler),
     ("SCoFTCompareGrid", "SCoFT Compare Grid", SCoFTCompareGrid),
     ("SCoFTRSCorrectorFit", "RS-Corrector Fit", RSCorrectorFit),
     ("SCoFTRSCorrectorSampler", "RS-Corrector Sampler", RSCorrectorSampler),
-    ("SCoFTSFSLTrain", "SFSL Train", SFSLTrain),
+    ("SCoFTSFSLTrainLoRA", "SFSL Train", SFSLTrainLoRA),
+    ("SCoFTSFSLSettings", "SFSL Advanced Settings", SFSLTrainSettings),
+    ("SCoFTTrain", "SCoFT Train (deprecated, all settings)", SCoFTTrain),
+    ("SCoFTSFSLTrain", "SFSL Train (deprecated, all settings)", SFSLTrain),
 )
 
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, _, cls in NODES}

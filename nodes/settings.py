@@ -1,8 +1,16 @@
 """Node widgets derived from the engine's settings declarations (scoft_train/settings.py):
 type, default, range, step and choices come from the dataclass field, the tooltip from its
-help; nothing here restates a bound or a choice list."""
+help; nothing here restates a bound or a choice list.
+
+A training node shows the settings a user changes every run; the rest come from its
+Advanced Settings node as an `AdvancedSettings` (that node's widget values by name), and
+an unconnected settings input means that node's defaults (`widget_defaults`).
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..scoft_train.settings import Spec, specs
 from .common import tip
@@ -32,3 +40,22 @@ def widgets(cls: type, names: list[str] | None = None, defaults: dict | None = N
     declared = {spec.name: spec for spec in specs(cls)}
     chosen = names if names is not None else list(declared)
     return {name: widget(declared[name], (defaults or {}).get(name)) for name in chosen}
+
+
+def widget_defaults(widgets: dict[str, tuple]) -> dict[str, Any]:
+    """The value each widget starts with: its declared default, for a combo without one its first choice."""
+    values = {}
+    for name, (kind, *options) in widgets.items():
+        declared = options[0] if options else {}
+        values[name] = declared["default"] if "default" in declared else kind[0]
+    return values
+
+
+@dataclass(frozen=True)
+class AdvancedSettings:
+    """What an Advanced Settings node hands its training node: its widget values by name (read-only)."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:  # shown by ComfyUI in error reports
+        return "AdvancedSettings(" + ", ".join(f"{k}={v!r}" for k, v in self.values.items()) + ")"

@@ -1,4 +1,10 @@
-"""SCoFT Train: every TrainConfig field as a widget -> scoft_train.stages.train_scoft -> SCOFT_LORA."""
+"""SCoFT Train -> scoft_train.stages.train_scoft -> SCOFT_LORA.
+
+SCoFT Train shows what a user changes every run (MAIN_SETTINGS); SCoFT Advanced Settings
+carries every other TrainConfig field and preview_every, and unconnected means its defaults.
+The deprecated full node (id SCoFTTrain, every setting as a widget, in the order saved
+workflows hold) runs the same code, so older workflows still load and train alike.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +25,15 @@ from .common import (
     FEATURES_KIND, NONE, SCOFT_DATASET, SCOFT_LORA, SCOFT_MODEL, LoraFile, check_model_path, model_path,
     progress_callback, tip, weight_choices,
 )
+from .settings import AdvancedSettings, widget_defaults
 from .settings import widgets as derived_widgets
 
 logger = logging.getLogger(__name__)
 
 RUNS_FOLDER = "scoft_runs"
+SCOFT_TRAIN_SETTINGS = "SCOFT_TRAIN_SETTINGS"
+PREVIEW_EVERY = 50
+PREVIEW_PROMPTS = "four of the dataset's prompts"
 LORA_NAME = "scoft_lora.safetensors"
 WEIGHT_PREFIX = "weight_"
 
@@ -37,6 +47,8 @@ WIDGET_ORDER = (
     "margin", "mixed_precision", "gradient_checkpointing", "checkpoint_every", "checkpoint_limit",
 )
 WEIGHT_PATHS = ("perceptual_weights", "contrastive_weights")  # combos of the feature_backbones folders
+# On SCoFT Train itself, in this order: what a user changes every run.
+MAIN_SETTINGS = ("preset", "steps", "rank", "lr", "seed")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -101,10 +113,10 @@ def preview_input(prompts: str) -> tuple:
     """The preview_every widget of a training node; `prompts` names what a preview samples."""
     return ("INT", tip(
         f"Every N steps, sample {prompts} (prompt i from seed + i) with the model being trained, next to the base "
-        "model's images and the loss curves so far; shown in this node while it trains and saved as "
+        "model's images and the loss curves so far; shown in the training node while it trains and saved as "
         f"output/{RUNS_FOLDER}/<run_name>/previews/step_XXXXXX.png (the last step always gets one). Each preview "
         "costs about one sampling of those prompts (the base model's are made once). 0 = off. (integer 0..1000000)",
-        default=50, min=0, max=1_000_000,
+        default=PREVIEW_EVERY, min=0, max=1_000_000,
     ))
 
 
@@ -155,10 +167,86 @@ def run_training(train, folder: Path, steps: int, resume: bool, label: str, **kw
     return TrainingRun(lora, loss_plot, report)
 
 
-class SCoFTTrain:
+BASE_INPUTS = {
+    "model": (SCOFT_MODEL, tip("Base model from Load SCoFT Model; it is copied, never changed.")),
+    "dataset": (SCOFT_DATASET, tip("CCUB dataset from Load CCUB Dataset.")),
+}
+
+
+def advanced_widgets() -> dict[str, tuple]:
+    """SCoFT Advanced Settings: every TrainConfig widget except MAIN_SETTINGS, in WIDGET_ORDER, then preview_every."""
+    widgets = {name: spec for name, spec in config_widgets().items() if name not in MAIN_SETTINGS}
+    widgets["preview_every"] = preview_input(PREVIEW_PROMPTS)
+    return widgets
+
+
+def check_weight_paths(perceptual_weights, contrastive_weights):
+    """VALIDATE_INPUTS of the nodes showing the backbone weight combos ('' from older workflows = none)."""
+    for name, value in (("perceptual_weights", perceptual_weights), ("contrastive_weights", contrastive_weights)):
+        verdict = check_model_path(name, value, FEATURES_KIND)
+        if verdict is not True:
+            return verdict
+    return True
+
+
+def train_lora(model, dataset, run_name: str, resume: bool, values: dict):
+    """Both SCoFT Train nodes: widget values (every TrainConfig widget and preview_every) -> a trained LoRA."""
+    settings = dict(values)
+    preview_every = settings.pop("preview_every")
+    config = build_config(weight_paths(settings))
+    run = run_training(
+        train_scoft, run_folder(run_name), config.steps, resume, f"SCoFT {config.preset}",
+        bundle=model, dataset=dataset, config=config, lora_name=LORA_NAME, preview_every=preview_every,
+    )
+    summary = f"{run.report}\nLoRA rank {run.lora.rank}, alpha {run.lora.alpha:g}: {run.lora.path}"
+    logger.info("%s", summary.replace("\n", "; "))
+    return (run.lora, run.loss_plot, summary)
+
+
+def run_inputs(default_run: str, what: str) -> dict[str, tuple]:
+    """The run_name and resume widgets of a training node; `what` lists what the work folder holds."""
+    return {
+        "run_name": ("STRING", tip(
+            f"Work folder output/{RUNS_FOLDER}/<run_name> for {what}.",
+            default=default_run,
+        )),
+        "resume": ("BOOLEAN", tip(
+            "Continue from the newest checkpoint in this run's work folder (written on Cancel or every "
+            "checkpoint_every steps); the settings must match. Off, or no checkpoint yet = start at step 0.",
+            default=False,
+        )),
+    }
+
+
+class SCoFTTrainSettings:
+    DESCRIPTION = (
+        "Every SCoFT training setting that SCoFT Train does not show: loss weights, optimizer, LoRA alpha, the "
+        "decoded-generation branch, feature backbones, precision, checkpoints and previews. Connect to SCoFT "
+        "Train's settings input; without it SCoFT Train uses these defaults."
+    )
+    CATEGORY = "SCoFT/train"
+    FUNCTION = "settings"
+    RETURN_TYPES = (SCOFT_TRAIN_SETTINGS,)
+    RETURN_NAMES = ("settings",)
+    OUTPUT_TOOLTIPS = ("The settings, for SCoFT Train's settings input.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": advanced_widgets()}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, perceptual_weights, contrastive_weights):
+        return check_weight_paths(perceptual_weights, contrastive_weights)
+
+    def settings(self, **values):
+        return (AdvancedSettings(values),)
+
+
+class SCoFTTrainLoRA:
     DESCRIPTION = (
         "Trains a SCoFT LoRA on the model's UNet attention layers with the chosen ablation preset "
         "(FT = L_LDM; +M memorization; +P perceptual; +C self-contrastive against the negatives). "
+        "Everything else comes from SCoFT Advanced Settings (unconnected = its defaults). "
         "Shows progress; Cancel stops after the current step and saves a checkpoint that 'resume' continues."
     )
     CATEGORY = "SCoFT/train"
@@ -170,42 +258,54 @@ class SCoFTTrain:
         "Loss curves per step (total and each enabled loss).",
         "Steps, final losses, time and file paths of this run.",
     )
+    RUN_CONTENTS = "the LoRA, loss history, plot and checkpoints"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        widgets = config_widgets()
+        return {
+            "required": {
+                **BASE_INPUTS,
+                **{name: widgets[name] for name in MAIN_SETTINGS},
+                **run_inputs("scoft", cls.RUN_CONTENTS),
+            },
+            "optional": {
+                "settings": (SCOFT_TRAIN_SETTINGS, tip(
+                    "Everything else (loss weights, optimizer, LoRA alpha, branch, backbones, precision, checkpoints, "
+                    "previews) from SCoFT Advanced Settings; unconnected = that node's defaults."
+                )),
+            },
+        }
+
+    def train(self, model, dataset, run_name: str, resume: bool, settings: AdvancedSettings | None = None, **main):
+        advanced = settings.values if settings is not None else widget_defaults(advanced_widgets())
+        return train_lora(model, dataset, run_name, resume, {**advanced, **main})
+
+
+class SCoFTTrain(SCoFTTrainLoRA):
+    """The full node of older workflows: every setting as a widget, in the saved order."""
+
+    DEPRECATED = True
+    DESCRIPTION = (
+        "Deprecated: use SCoFT Train with SCoFT Advanced Settings. Kept so older workflows load and run "
+        "unchanged: every training setting as a widget, trained exactly like SCoFT Train."
+    )
+    CATEGORY = "SCoFT/deprecated"
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (SCOFT_MODEL, tip("Base model from Load SCoFT Model; it is copied, never changed.")),
-                "dataset": (SCOFT_DATASET, tip("CCUB dataset from Load CCUB Dataset.")),
+                **BASE_INPUTS,
                 **config_widgets(),
-                "run_name": ("STRING", tip(
-                    f"Work folder output/{RUNS_FOLDER}/<run_name> for the LoRA, loss history, plot and checkpoints.",
-                    default="scoft",
-                )),
-                "resume": ("BOOLEAN", tip(
-                    "Continue from the newest checkpoint in this run's work folder (written on Cancel or every "
-                    "checkpoint_every steps); the settings must match. Off, or no checkpoint yet = start at step 0.",
-                    default=False,
-                )),
-                "preview_every": preview_input("four of the dataset's prompts"),
+                **run_inputs("scoft", cls.RUN_CONTENTS),
+                "preview_every": preview_input(PREVIEW_PROMPTS),
             }
         }
 
     @classmethod
     def VALIDATE_INPUTS(cls, perceptual_weights, contrastive_weights):
-        # Listed here so these inputs are confined by this check ('' from older workflows = none).
-        for name, value in (("perceptual_weights", perceptual_weights), ("contrastive_weights", contrastive_weights)):
-            verdict = check_model_path(name, value, FEATURES_KIND)
-            if verdict is not True:
-                return verdict
-        return True
+        return check_weight_paths(perceptual_weights, contrastive_weights)
 
-    def train(self, model, dataset, run_name: str, resume: bool, preview_every: int, **settings):
-        config = build_config(weight_paths(settings))
-        run = run_training(
-            train_scoft, run_folder(run_name), config.steps, resume, f"SCoFT {config.preset}",
-            bundle=model, dataset=dataset, config=config, lora_name=LORA_NAME, preview_every=preview_every,
-        )
-        summary = f"{run.report}\nLoRA rank {run.lora.rank}, alpha {run.lora.alpha:g}: {run.lora.path}"
-        logger.info("%s", summary.replace("\n", "; "))
-        return (run.lora, run.loss_plot, summary)
+    def train(self, model, dataset, run_name: str, resume: bool, **values):
+        return train_lora(model, dataset, run_name, resume, values)

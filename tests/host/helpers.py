@@ -167,6 +167,31 @@ def stop_comfy_host(host: ComfyHost, grace: float = 10.0) -> None:
             host.process.wait(grace)
 
 
+# --------------------------------------------------------------------- API prompts
+
+
+def upstream(prompt: dict, keep: str) -> dict:
+    """The nodes of an API prompt that `keep` depends on, itself included (so only they run)."""
+    wanted, todo = set(), [keep]
+    while todo:
+        node = todo.pop()
+        if node not in wanted:
+            wanted.add(node)
+            todo += [value[0] for value in prompt[node]["inputs"].values() if isinstance(value, list)]
+    return {node: prompt[node] for node in wanted}
+
+
+def set_inputs(prompt: dict, node_ids: tuple[str, ...], **values) -> dict:
+    """Each value into the first of `node_ids` that has that input (e.g. a short training node or its
+    Advanced Settings node)."""
+    for name, value in values.items():
+        node = next((n for n in node_ids if name in prompt[n]["inputs"]), None)
+        if node is None:
+            raise KeyError(f"no input {name!r} on nodes {node_ids}")
+        prompt[node]["inputs"][name] = value
+    return prompt
+
+
 # -------------------------------------------------------------------------- browser
 
 

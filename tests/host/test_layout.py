@@ -23,15 +23,17 @@ NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
 TITLE_HEIGHT, SLOT_HEIGHT, SLOT_INSET = 30, 20, 10
 PIECES = 32
 GAP_X, MIN_WIDTH, SEED_HEIGHT = 80, 400, 82
-# {workflow: {node id: (column, y)}}: shared inputs and loaders in column 0; the tall training node
-# low in its column, so the model and prompt links to the samplers run above it.
+# {workflow: {node id: (column, y)}}: shared inputs and loaders in column 0; the training node low in its
+# column, so the model and prompt links to the samplers run above it, and its Advanced Settings below the
+# nodes left of it.
 PLACES = {
     "sample_compare": {7: (0, 70), 8: (0, 330), 1: (0, 590), 2: (0, 800), 3: (1, 300), 4: (1, 660), 5: (2, 70),
                        6: (3, 70)},
-    "sfsl_spurious": {9: (0, 70), 10: (0, 330), 1: (0, 590), 2: (1, 1000), 4: (2, 300), 5: (2, 660), 3: (2, 1000),
-                      8: (2, 1120), 6: (3, 70), 7: (4, 70)},
-    "scoft_finetune_compare": {11: (0, 70), 12: (0, 330), 1: (0, 590), 2: (0, 800), 10: (1, 1250), 3: (2, 1000),
-                               5: (3, 300), 6: (3, 660), 4: (3, 1000), 9: (3, 1120), 7: (4, 70), 8: (5, 70)},
+    "sfsl_spurious": {10: (0, 70), 11: (0, 330), 1: (0, 590), 9: (0, 1040), 2: (1, 1000), 4: (2, 300), 5: (2, 660),
+                      3: (2, 1000), 8: (2, 1120), 6: (3, 70), 7: (4, 70)},
+    "scoft_finetune_compare": {12: (0, 70), 13: (0, 330), 1: (0, 590), 2: (0, 800), 10: (1, 1250), 11: (1, 1680),
+                               3: (2, 1000), 5: (3, 300), 6: (3, 660), 4: (3, 1000), 9: (3, 1120), 7: (4, 70),
+                               8: (5, 70)},
     "rs_corrector_compare": {9: (0, 70), 10: (0, 330), 1: (0, 590), 2: (0, 800), 3: (1, 1250), 4: (2, 1000),
                              5: (3, 300), 6: (3, 660), 7: (4, 70), 8: (5, 70)},
 }

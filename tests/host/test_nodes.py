@@ -21,13 +21,13 @@ from scoft_train.lora import add_lora, export_kohya
 from scoft_train.sampling import SCHEDULERS
 from scoft_train.sfsl import SFSLConfig
 
-from .helpers import FIXTURES, REPO_ROOT
+from .helpers import FIXTURES, REPO_ROOT, set_inputs
 
 FINETUNE = REPO_ROOT / "workflows" / "api" / "scoft_finetune_compare.json"
-CUSTOM = {"SCOFT_MODEL", "SCOFT_DATASET", "SCOFT_LORA", "IMAGE"}
+TRAIN, TRAIN_SETTINGS = "3", "11"  # SCoFT Train and its SCoFT Advanced Settings in that workflow
+CUSTOM = {"SCOFT_MODEL", "SCOFT_DATASET", "SCOFT_LORA", "SCOFT_TRAIN_SETTINGS", "SCOFT_SFSL_SETTINGS", "IMAGE"}
 
-# node id: (display name, category, required inputs, optional inputs, outputs, output node)
-# The widget orders of the training nodes as workflows saved them (positional widget values).
+# The widget orders of the full (deprecated) training nodes as workflows saved them (positional widget values).
 TRAIN_SAVED_ORDER = (
     "preset", "weights", "steps", "batch_size", "grad_accum", "lr", "lr_schedule", "warmup_steps", "max_grad_norm",
     "rank", "alpha", "seed", "contrastive_every", "denoise_steps", "cfg", "grad_mode", "perceptual_backbone",
@@ -41,6 +41,27 @@ SFSL_SAVED_ORDER = (
     "denoise_steps", "cfg", "grad_mode", "mixed_precision", "gradient_checkpointing", "checkpoint_every",
     "checkpoint_limit",
 )
+SFSL_CLASS_IMAGES = ["class_images", "class_image_steps"]
+TRAIN_MAIN = ["preset", "steps", "rank", "lr", "seed"]  # on the short SCoFT Train
+SFSL_MAIN = ["class_name", "steps", "rank", "lr", "seed"]  # on the short SFSL Train
+RUN = ["run_name", "resume"]
+
+
+def expand_weights(names) -> list[str]:
+    """A saved order with `weights` as the node lists it: one weight_<loss> widget per loss."""
+    expanded = []
+    for name in names:
+        expanded += [f"weight_{w.name}" for w in dataclasses.fields(LossWeights)] if name == "weights" else [name]
+    return expanded
+
+
+TRAIN_FULL = ["model", "dataset", *expand_weights(TRAIN_SAVED_ORDER), *RUN, "preview_every"]
+TRAIN_ADVANCED = [name for name in expand_weights(TRAIN_SAVED_ORDER) if name not in TRAIN_MAIN] + ["preview_every"]
+SFSL_FULL = ["model", "instance_folder", *SFSL_SAVED_ORDER, *SFSL_CLASS_IMAGES, *RUN, "preview_every"]
+SFSL_ADVANCED = [name for name in SFSL_SAVED_ORDER if name not in SFSL_MAIN] + [*SFSL_CLASS_IMAGES, "preview_every"]
+TRAINED = ["SCOFT_LORA", "IMAGE", "STRING"]
+
+# node id: (display name, category, required inputs, optional inputs, outputs, output node)
 EXPECTED = {
     "SCoFTLoadModel": ("Load SCoFT Model", "SCoFT/model",
                        ["model", "config", "prediction_type", "dtype", "device"], [], ["SCOFT_MODEL"], False),
@@ -50,7 +71,11 @@ EXPECTED = {
                                ["model", "controlnet", "dataset", "depth_source", "annotator_dir", "k", "seed", "steps",
                                 "cfg", "conditioning_scale", "control_end", "batch_size", "scheduler"],
                                ["depth_images"], ["SCOFT_DATASET", "IMAGE"], False),
-    "SCoFTTrain": ("SCoFT Train", "SCoFT/train", None, [], ["SCOFT_LORA", "IMAGE", "STRING"], False),
+    "SCoFTTrainLoRA": ("SCoFT Train", "SCoFT/train", ["model", "dataset", *TRAIN_MAIN, *RUN], ["settings"], TRAINED,
+                       False),
+    "SCoFTTrainSettings": ("SCoFT Advanced Settings", "SCoFT/train", TRAIN_ADVANCED, [], ["SCOFT_TRAIN_SETTINGS"],
+                           False),
+    "SCoFTTrain": ("SCoFT Train (deprecated, all settings)", "SCoFT/deprecated", TRAIN_FULL, [], TRAINED, False),
     "SCoFTSaveLoRA": ("Save SCoFT LoRA", "SCoFT/lora", ["lora", "filename_prefix"], [], ["STRING"], True),
     "SCoFTLoadLoRA": ("Load SCoFT LoRA", "SCoFT/lora", ["lora_name"], [], ["SCOFT_LORA"], False),
     "SCoFTSampler": ("SCoFT Sampler", "SCoFT/sample",
@@ -58,21 +83,14 @@ EXPECTED = {
                      ["lora", "lora_strength"], ["IMAGE"], False),
     "SCoFTCompareGrid": ("SCoFT Compare Grid", "SCoFT/sample",
                          ["left_images", "right_images", "left_label", "right_label", "prompts"], [], ["IMAGE"], False),
-    "SCoFTSFSLTrain": ("SFSL Train", "SCoFT/sfsl",
-                       ["model", "instance_folder", *SFSL_SAVED_ORDER,
-                        "class_images", "class_image_steps", "run_name", "resume", "preview_every"],
-                       [], ["SCOFT_LORA", "IMAGE", "STRING"], False),
+    "SCoFTSFSLTrainLoRA": ("SFSL Train", "SCoFT/sfsl", ["model", "instance_folder", *SFSL_MAIN, *RUN], ["settings"],
+                           TRAINED, False),
+    "SCoFTSFSLSettings": ("SFSL Advanced Settings", "SCoFT/sfsl", SFSL_ADVANCED, [], ["SCOFT_SFSL_SETTINGS"], False),
+    "SCoFTSFSLTrain": ("SFSL Train (deprecated, all settings)", "SCoFT/deprecated", SFSL_FULL, [], TRAINED, False),
 }
-
-
-def train_input_names() -> list[str]:
-    names = ["model", "dataset"]
-    for name in TRAIN_SAVED_ORDER:
-        if name == "weights":
-            names += [f"weight_{w.name}" for w in dataclasses.fields(LossWeights)]
-        else:
-            names.append(name)
-    return names + ["run_name", "resume", "preview_every"]
+# (short node, its settings node, the deprecated full node)
+SPLITS = (("SCoFTTrainLoRA", "SCoFTTrainSettings", "SCoFTTrain"),
+          ("SCoFTSFSLTrainLoRA", "SCoFTSFSLSettings", "SCoFTSFSLTrain"))
 
 
 def test_saved_widget_orders_cover_every_setting():
@@ -85,7 +103,7 @@ def test_saved_widget_orders_cover_every_setting():
 def finetune_prompt(**train_overrides) -> dict:
     prompt = json.loads(FINETUNE.read_text(encoding="utf-8"))
     # The shipped step counts are for people; tests keep the graph but take fewer steps.
-    prompt["3"]["inputs"].update({"steps": 4, **train_overrides})
+    set_inputs(prompt, (TRAIN, TRAIN_SETTINGS), **{"steps": 4, **train_overrides})
     prompt["10"]["inputs"]["steps"] = 4
     return prompt
 
@@ -116,7 +134,7 @@ def test_object_info_lists_every_node_with_tooltips(comfy_host):
             display, category, outputs, output_node)
         assert node["description"], node_id
         declared = node["input"]["required"]
-        assert list(declared) == (required if required is not None else train_input_names()), node_id
+        assert list(declared) == required, node_id
         assert list(node["input"].get("optional", {})) == optional, node_id
         for name, spec in {**declared, **node["input"].get("optional", {})}.items():
             options = spec[1] if len(spec) > 1 else {}
@@ -135,6 +153,19 @@ def test_object_info_lists_every_node_with_tooltips(comfy_host):
     assert train["weight_contrastive"][1]["default"] == LossWeights().contrastive
     assert info["SCoFTSampler"]["input"]["required"]["scheduler"][0] == list(SCHEDULERS)
     assert info["SCoFTLoadModel"]["input"]["required"]["model"][0][0] == "default"
+
+
+def test_short_node_and_its_settings_show_every_widget_of_the_full_node_once(comfy_host):
+    """SCoFT Train + SCoFT Advanced Settings (and the SFSL pair) hold exactly the deprecated full node's
+    widgets, each with the same type, choices, default, range and tooltip: one declaration behind all."""
+    info = comfy_host.get_json("/object_info")
+    for short, settings, full in SPLITS:
+        split = {**info[short]["input"]["required"], **info[settings]["input"]["required"]}
+        whole = info[full]["input"]["required"]
+        assert sorted(split) == sorted(whole), (short, settings, full)
+        for name, spec in whole.items():
+            assert split[name] == spec, (full, name)
+        assert not set(info[short]["input"]["required"]) & set(info[settings]["input"]["required"])
 
 
 def test_custom_node_imported_without_error(comfy_host):
@@ -242,7 +273,7 @@ def test_cancel_saves_checkpoint_and_resume_continues(comfy_host, tmp_path):
     run = "nodes_cancel_test"
     settings = dict(run_name=run, preset="FT", steps=5000, checkpoint_every=0)
     full = finetune_prompt(**settings)
-    prompt = {k: full[k] for k in ("1", "2", "10", "3", "4")}
+    prompt = {k: full[k] for k in ("1", "2", "10", TRAIN, TRAIN_SETTINGS, "4")}
     prompt["4"]["inputs"]["filename_prefix"] = f"{run}/lora"
     prompt_id = post_prompt(comfy_host, prompt)
 
@@ -262,7 +293,7 @@ def test_cancel_saves_checkpoint_and_resume_continues(comfy_host, tmp_path):
     assert 0 < step < 5000
 
     prompt = copy.deepcopy(prompt)
-    prompt["3"]["inputs"].update(steps=step + 2, resume=True)
+    prompt[TRAIN]["inputs"].update(steps=step + 2, resume=True)
     client.run_workflow(prompt, comfy_host.url, tmp_path, timeout=120)
     (saved,) = (comfy_host.root / "models" / "loras" / run).glob("*.safetensors")
     with safe_open(str(saved), framework="pt") as handle:

@@ -22,9 +22,10 @@ import pytest
 from scoft_train import client
 from scoft_train.biaslab import BIASLAB_CCUB_DIR
 
-from .helpers import REPO_ROOT, start_comfy_host, stop_comfy_host
+from .helpers import FIXTURES, REPO_ROOT, set_inputs, start_comfy_host, stop_comfy_host, upstream
 
 API = REPO_ROOT / "workflows" / "api"
+OLD_API = FIXTURES / "old_workflows" / "api"
 IMAGE = BIASLAB_CCUB_DIR / "images" / "velmora_house_0.png"
 
 
@@ -75,16 +76,19 @@ def load_dataset_prompt(folder: str) -> dict:
     }
 
 
-def train_prompt(**paths: str) -> dict:
-    """Load model + dataset + SCoFT Train (the shipped workflow's settings) -> preview of the loss plot."""
-    train = api_node("scoft_finetune_compare.json", "SCoFTTrain")
-    inputs = {**train["inputs"], "model": ["1", 0], "dataset": ["2", 0], **paths}
-    return {
-        "1": {"class_type": "SCoFTLoadModel", "inputs": api_node("scoft_finetune_compare.json", "SCoFTLoadModel")["inputs"]},
-        "2": load_dataset_prompt("sample")["1"],
-        "3": {"class_type": "SCoFTTrain", "inputs": inputs},
-        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}},
-    }
+def training_prompt(workflow: Path, train_id: str, **values) -> dict:
+    """A workflow's training node and what it depends on (loaders, its Advanced Settings), the values put on
+    whichever of those nodes has the input, the loss plot previewed."""
+    prompt = upstream(json.loads(workflow.read_text(encoding="utf-8")), train_id)
+    set_inputs(prompt, (train_id, *prompt), **values)
+    prompt["99"] = {"class_type": "PreviewImage", "inputs": {"images": [train_id, 1]}}
+    return prompt
+
+
+# (workflow, training node id, settings node id): the shipped short nodes, and the deprecated full nodes
+# of the older workflows (tests/host/fixtures/old_workflows), whose settings are on the node itself.
+SCOFT_TRAINERS = [(API / "scoft_finetune_compare.json", "3", "11"), (OLD_API / "scoft_finetune_compare.json", "3", "3")]
+SFSL_TRAINERS = [(API / "sfsl_spurious.json", "2", "9"), (OLD_API / "sfsl_spurious.json", "2", "2")]
 
 
 def negatives_prompt(annotator_dir: str) -> dict:
@@ -97,15 +101,6 @@ def negatives_prompt(annotator_dir: str) -> dict:
         "2": load_dataset_prompt("sample")["1"],
         "3": {"class_type": "SCoFTGenerateNegatives", "inputs": inputs},
         "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}},
-    }
-
-
-def sfsl_prompt(**paths: str) -> dict:
-    sfsl = api_node("sfsl_spurious.json", "SCoFTSFSLTrain")
-    return {
-        "1": {"class_type": "SCoFTLoadModel", "inputs": api_node("sfsl_spurious.json", "SCoFTLoadModel")["inputs"]},
-        "2": {"class_type": "SCoFTSFSLTrain", "inputs": {**sfsl["inputs"], "model": ["1", 0], **paths}},
-        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 1]}},
     }
 
 
@@ -159,7 +154,9 @@ def test_dataset_folder_outside_is_refused_and_untouched(comfy_host, outside, wa
     before = snapshot(outside)
 
     assert_refused(comfy_host, load_dataset_prompt(value), "1", "folder", dataset_roots(comfy_host))
-    assert_refused(comfy_host, sfsl_prompt(instance_folder=value), "2", "instance_folder", dataset_roots(comfy_host))
+    for workflow, train, _ in SFSL_TRAINERS:
+        assert_refused(comfy_host, training_prompt(workflow, train, instance_folder=value), train, "instance_folder",
+                       dataset_roots(comfy_host))
 
     assert snapshot(outside) == before  # no negatives, metadata.jsonl or .bak written; nothing changed
     assert not (outside / "negatives").exists() and not (outside / "metadata.jsonl").exists()
@@ -169,14 +166,16 @@ def test_dataset_folder_outside_is_refused_and_untouched(comfy_host, outside, wa
 def test_weights_outside_are_refused(comfy_host, outside, way):
     before = snapshot(outside)
     models = comfy_host.root / "models"
-    cases = [
-        ("feature_backbones", "lpips_vgg.safetensors", lambda v: train_prompt(perceptual_weights=v), "3",
-         "perceptual_weights"),
-        ("feature_backbones", "lpips_vgg.safetensors", lambda v: train_prompt(contrastive_weights=v), "3",
-         "contrastive_weights"),
-        ("annotators", "", negatives_prompt, "3", "annotator_dir"),
-        ("classifiers", "market.safetensors", lambda v: sfsl_prompt(classifier_weights=v), "2", "classifier_weights"),
-    ]
+    cases = [("annotators", "", negatives_prompt, "3", "annotator_dir")]
+    for workflow, train, settings in SCOFT_TRAINERS:
+        for input_name in ("perceptual_weights", "contrastive_weights"):
+            cases.append(("feature_backbones", "lpips_vgg.safetensors",
+                          lambda v, w=workflow, t=train, n=input_name: training_prompt(w, t, **{n: v}), settings,
+                          input_name))
+    for workflow, train, settings in SFSL_TRAINERS:
+        cases.append(("classifiers", "market.safetensors",
+                      lambda v, w=workflow, t=train: training_prompt(w, t, classifier_weights=v), settings,
+                      "classifier_weights"))
     for kind, name, build, node_id, input_name in cases:
         root = models / kind
         root.mkdir(parents=True, exist_ok=True)
@@ -201,15 +200,18 @@ def test_dropdowns_list_registered_folders_and_extra_root(comfy_host, outside):
     datasets = input_choices(host, "SCoFTLoadCCUBDataset", "folder")
     assert datasets[0] == "sample" and {"korea_2024", "community/velmora"} <= set(datasets), datasets
     assert "link_out" not in datasets and not any(d.split("/")[-1] == "negatives" for d in datasets), datasets
-    assert input_choices(host, "SCoFTSFSLTrain", "instance_folder") == datasets
+    for node in ("SCoFTSFSLTrainLoRA", "SCoFTSFSLTrain"):
+        assert input_choices(host, node, "instance_folder") == datasets
 
-    for name in ("perceptual_weights", "contrastive_weights"):
-        weights = input_choices(host, "SCoFTTrain", name)
-        assert weights[0] == "none" and {"vgg16_trunk.safetensors", "dino_vits16"} <= set(weights), weights
+    for node in ("SCoFTTrainSettings", "SCoFTTrain"):
+        for name in ("perceptual_weights", "contrastive_weights"):
+            weights = input_choices(host, node, name)
+            assert weights[0] == "none" and {"vgg16_trunk.safetensors", "dino_vits16"} <= set(weights), weights
     annotators = input_choices(host, "SCoFTGenerateNegatives", "annotator_dir")
     assert annotators[0] == "annotators" and {"midas", "zoe"} <= set(annotators), annotators
-    classifiers = input_choices(host, "SCoFTSFSLTrain", "classifier_weights")
-    assert "market_resnet.safetensors" in classifiers and "notes.txt" not in classifiers, classifiers
+    for node in ("SCoFTSFSLSettings", "SCoFTSFSLTrain"):
+        classifiers = input_choices(host, node, "classifier_weights")
+        assert "market_resnet.safetensors" in classifiers and "notes.txt" not in classifiers, classifiers
 
 
 def test_datasets_in_roots_and_old_relative_folders_run(comfy_host, tmp_path):

@@ -15,22 +15,11 @@ import pytest
 import websocket
 from PIL import Image
 
-from .helpers import REPO_ROOT, start_comfy_host, stop_comfy_host
+from .helpers import REPO_ROOT, start_comfy_host, stop_comfy_host, upstream
 
 FINETUNE = REPO_ROOT / "workflows" / "api" / "scoft_finetune_compare.json"
 PREVIEW_IMAGE, PNG = 1, 2  # ComfyUI server.BinaryEventTypes.PREVIEW_IMAGE; image type 2 = PNG
 RUN = "preview_test"
-
-
-def training_only(prompt: dict, keep: str) -> dict:
-    """The nodes `keep` depends on, itself included (so only training runs)."""
-    wanted, todo = set(), [keep]
-    while todo:
-        node = todo.pop()
-        if node not in wanted:
-            wanted.add(node)
-            todo += [value[0] for value in prompt[node]["inputs"].values() if isinstance(value, list)]
-    return {node: prompt[node] for node in wanted}
 
 
 def run_with_websocket(host, prompt: dict, timeout: float = 900.0) -> tuple[list[bytes], list[dict]]:
@@ -77,9 +66,9 @@ def busy_host(tmp_path_factory):
 def test_scoft_train_shows_and_saves_previews(busy_host):
     prompt = json.loads(FINETUNE.read_text(encoding="utf-8"))
     # Plain fine-tuning (preset FT) needs no negatives: the dataset goes straight to training.
-    prompt["3"]["inputs"].update({"steps": 4, "preset": "FT", "preview_every": 2, "run_name": RUN,
-                                  "dataset": ["2", 0]})
-    frames, messages = run_with_websocket(busy_host, training_only(prompt, "4"))
+    prompt["3"]["inputs"].update({"steps": 4, "preset": "FT", "run_name": RUN, "dataset": ["2", 0]})
+    prompt["11"]["inputs"]["preview_every"] = 2  # in SCoFT Advanced Settings
+    frames, messages = run_with_websocket(busy_host, upstream(prompt, "4"))
 
     previews = [frame for frame in frames if struct.unpack(">II", frame[:8]) == (PREVIEW_IMAGE, PNG)]
     assert len(previews) == 2, [struct.unpack(">II", frame[:8]) for frame in frames]

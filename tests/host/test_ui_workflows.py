@@ -51,7 +51,8 @@ NOTES = {
         "CPU defaults",
         "Sized to finish on a CPU: SFSL Train runs 100 steps here. The bias-lab SFSL experiment "
         "(python -m scoft_train biaslab sfsl) trains 600 steps, about 45 minutes at 4.6 s per step on 2 CPU cores. "
-        "On a GPU, raise SFSL Train's steps to 600 (and preview_every to 50) for the full effect of the spurious loss.",
+        "On a GPU, raise SFSL Train's steps to 600 (and preview_every in SFSL Advanced Settings to 50) for the full "
+        "effect of the spurious loss.",
         [40, 800], [400, 170],
     )],
 }

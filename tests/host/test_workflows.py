@@ -43,7 +43,7 @@ def finetuned(comfy_host, tmp_path_factory):
 
 def test_finetune_compare_workflow(comfy_host, finetuned):
     result, out = finetuned
-    assert "(SCoFTTrain) 4/4" in result.stderr  # progress reached the client over the websocket
+    assert "(SCoFTTrainLoRA) 4/4" in result.stderr  # progress reached the client over the websocket
 
     (grid_path,) = [p for p in out.iterdir() if p.name.startswith("compare_")]
     assert (comfy_host.root / "output" / "scoft" / grid_path.name).is_file()
