@@ -70,6 +70,20 @@ def preview_path(folder: Path, step: int) -> Path:
     return Path(folder) / FOLDER / f"step_{step:06d}.png"
 
 
+def preview_image(base: list[Image.Image], trained: list[Image.Image], prompts: tuple[str, ...], step: int,
+                  history: list[dict]) -> Image.Image:
+    """Rows = prompts, columns base model | step N (cells enlarged by nearest neighbour to at least CELL
+    px, no blur), the loss graph of `history` at the right."""
+    grid = compare_grid({BASE_LABEL: base, f"step {step}": trained}, list(prompts), min_cell=CELL)
+    panels = [draw_losses(history, layout=SMALL)] if history else []
+    image = Image.new("RGB", (grid.width + sum(p.width for p in panels),
+                              max([grid.height, *(p.height for p in panels)])), BACKGROUND)
+    image.paste(grid, (0, 0))
+    for panel in panels:
+        image.paste(panel, (grid.width, 0))
+    return image
+
+
 class LivePreviews:
     """An on_step(step, total, logs) callback that writes a preview when `settings.due`,
     hands it to `on_preview(step, total, image)` and logs where it went and what it cost."""
@@ -102,20 +116,11 @@ class LivePreviews:
                 module.train(modes[name])
 
     def render(self, step: int) -> Image.Image:
-        """The preview at `step`: prompts x (base model | step N) grid, loss graph at its right."""
+        """The preview at `step` (see `preview_image`)."""
         if self._base is None:
             with torch.no_grad():
                 self._base = self._sample()
-        grid = compare_grid({BASE_LABEL: self._base, f"step {step}": self._sample_trained()},
-                            list(self.settings.prompts), min_cell=CELL)
-        history = self.trainer.history
-        panels = [draw_losses(history, layout=SMALL)] if history else []
-        image = Image.new("RGB", (grid.width + sum(p.width for p in panels),
-                                  max([grid.height, *(p.height for p in panels)])), BACKGROUND)
-        image.paste(grid, (0, 0))
-        for panel in panels:
-            image.paste(panel, (grid.width, 0))
-        return image
+        return preview_image(self._base, self._sample_trained(), self.settings.prompts, step, self.trainer.history)
 
     def __call__(self, step: int, total: int, logs: dict) -> None:
         if not self.settings.due(step, total):

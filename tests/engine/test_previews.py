@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from scoft_train.config import TrainConfig
 from scoft_train.data import load_ccub
-from scoft_train.previews import PreviewSettings, dataset_prompts, preview_path
+from scoft_train.previews import CELL, PreviewSettings, dataset_prompts, preview_image, preview_path
 from scoft_train.sample_data import CCUB_DEMO_DIR
 from scoft_train.sfsl import SFSLConfig, load_image_folder
 from scoft_train.sfsl.trainer import SFSLTrainer
@@ -38,6 +38,20 @@ def test_settings_and_prompts():
         PreviewSettings(every=2)
     assert dataset_prompts(["a", "a", "b", "c", "d", "e", ""], count=3) == ("a", "c", "e")
     assert dataset_prompts(["a"], count=4) == ("a",)
+
+
+def test_preview_cells_are_enlarged_without_blur():
+    """A 16 px two-colour checker, enlarged 4x to the 64 px cell: exactly its two colours, each on half of
+    the cell's pixels (any smoothing would mix them at every square's edge)."""
+    ink, paper = (201, 31, 97), (17, 163, 59)
+    board = np.zeros((16, 16, 3), dtype=np.uint8)
+    board[:] = paper
+    board[(np.indices((16, 16)).sum(axis=0) % 2) == 0] = ink
+    cells = [Image.fromarray(board)]
+    history = [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}]
+    pixels = np.asarray(preview_image(cells, cells, ("a house",), 2, history)).reshape(-1, 3)
+    per_colour = 2 * CELL * CELL // 2  # two cells (base, step 2), half of each
+    assert CELL == 64 and [(pixels == colour).all(axis=1).sum() for colour in (ink, paper)] == [per_colour] * 2
 
 
 def test_scoft_previews_are_written_and_shown_without_changing_training(tiny_bundle, dataset, tmp_path):
