@@ -4,8 +4,8 @@ similarity loss on the decoded generation; evaluation by spurious rate, similari
 and no-reference quality.
 
 Modules: config (SFSLConfig), data (image folders), class_images (cached prior
-images), classifier (local classifiers, class-wise features), trainer (SFSLTrainer on
-SCoFTTrainer's loop), stages (train_sfsl), evaluate (evaluate_sfsl), quality (TOPIQ),
+images), classifier (local classifiers, class-wise features), objective (the SFSL losses) and trainer
+(SFSLTrainer: the LoRA loop, loop.py, with that objective), stages (train_sfsl), evaluate (evaluate_sfsl), quality (TOPIQ),
 presets (the bias lab's spurious experiment). The `sfsl` verbs are in ../cli/sfsl.py.
 """
 
