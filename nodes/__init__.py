@@ -10,7 +10,7 @@ from .lora import LoadSCoFTLoRA, SaveSCoFTLoRA
 from .models import LoadSCoFTModel
 from .negatives import GenerateSCoFTNegatives
 from .rscorrector import RSCorrectorFit, RSCorrectorSampler
-from .sampling import SCoFTCompareGrid, SCoFTSampler
+from .sampling import SCoFTCompareGrid, SCoFTLoRACompareGrid, SCoFTSampler
 from .sfsl import SFSLTrain, SFSLTrainLoRA, SFSLTrainSettings
 from .train import SCoFTTrain, SCoFTTrainLoRA, SCoFTTrainSettings
 
@@ -26,6 +26,7 @@ NODES = (
     ("SCoFTLoadLoRA", "Load SCoFT LoRA", LoadSCoFTLoRA),
     ("SCoFTSampler", "SCoFT Sampler", SCoFTSampler),
     ("SCoFTCompareGrid", "SCoFT Compare Grid", SCoFTCompareGrid),
+    ("SCoFTLoRACompareGrid", "SCoFT LoRA Compare Grid", SCoFTLoRACompareGrid),
     ("SCoFTRSCorrectorFit", "RS-Corrector Fit", RSCorrectorFit),
     ("SCoFTRSCorrectorSampler", "RS-Corrector Sampler", RSCorrectorSampler),
     ("SCoFTSFSLTrainLoRA", "SFSL Train", SFSLTrainLoRA),
