@@ -9,7 +9,9 @@ an unconnected settings input means that node's defaults (`widget_defaults`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from ..scoft_train.settings import Spec, specs
@@ -55,7 +57,10 @@ def widget_defaults(widgets: dict[str, tuple]) -> dict[str, Any]:
 class AdvancedSettings:
     """What an Advanced Settings node hands its training node: its widget values by name (read-only)."""
 
-    values: dict[str, Any] = field(default_factory=dict)
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "values", MappingProxyType(dict(self.values)))
 
     def __str__(self) -> str:  # shown by ComfyUI in error reports
         return "AdvancedSettings(" + ", ".join(f"{k}={v!r}" for k, v in self.values.items()) + ")"

@@ -41,6 +41,7 @@ LORA_NAME = "sfsl_lora.safetensors"
 CLASS_IMAGES = "class_images"
 SCOFT_SFSL_SETTINGS = "SCOFT_SFSL_SETTINGS"
 PREVIEW_PROMPTS = "the instance and the class prompt"
+RUN_CONTENTS = "the class images, LoRA, loss history, plot and checkpoints"
 
 # ComfyUI saves widget values by position, so this order is part of every saved workflow:
 # SFSLConfig's fields as the node has always listed them.
@@ -144,9 +145,6 @@ def advanced_widgets() -> dict[str, tuple]:
     class-image settings and preview_every."""
     widgets = {name: spec for name, spec in config_widgets().items() if name not in MAIN_SETTINGS}
     return {**widgets, **class_image_widgets(), "preview_every": preview_input(PREVIEW_PROMPTS)}
-
-
-RUN_CONTENTS = "the class images, LoRA, loss history, plot and checkpoints"
 
 
 def base_inputs() -> dict[str, tuple]:
