@@ -11,6 +11,14 @@ One optimizer step = `grad_accum` micro-batches; each micro-batch's total is the
 config.weight(name) * loss over the objective's losses. Objectives reach modules, device,
 RNG, step and precision only through the loop, so multi-process training belongs here alone.
 
+More than one process (distributed.py, `accelerate launch`): `batch_size` is the global
+micro-batch. Every process draws it whole with the shared seeded generator, as one process
+would, and keeps its slice; the objective's noise and timesteps (`randn`, `randint`) are
+drawn at the global size too and sliced the same way. The logged losses and the gradients
+are averaged across processes before the non-finite check and the clipping, and the
+generator is kept identical on every process. Only rank 0 holds the run folder's lock and
+writes checkpoints and the LoRA. With one process none of this runs: same code, same numbers.
+
 Checkpoints (checkpoint.py): `lora.<key>` with the UNet's keys as they are and other
 modules' keys prefixed "<name>.", `optim.<param index>.*` in the order of
 `objective.adapted_modules()`, `rng.generator` and `rng.torch`.
@@ -29,7 +37,7 @@ import torch
 from diffusers.optimization import get_scheduler
 
 from . import checkpoint as ckpt
-from . import runfolder
+from . import distributed, runfolder
 from .atomic import DiskFullError
 from .config import LoopConfig
 from .lora import export_kohya, load_lora_state_dict, lora_state_dict
@@ -51,8 +59,12 @@ class LoRALoop:
         self.bundle, self.objective = bundle, objective
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.device = bundle.device
+        self.processes = distributed.context()
         objective.bind(self)
         config = self.config
+        if config.batch_size % self.processes.world_size:
+            raise ValueError(f"batch_size {config.batch_size} (the global batch) does not split over "
+                             f"{self.processes.world_size} processes: use a multiple of {self.processes.world_size}")
         self.trainable = objective.adapted_modules()
         self.params = [p for module in self.trainable.values() for p in module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr)
@@ -120,6 +132,54 @@ class LoRALoop:
     def warm_caches(self) -> None:
         self.objective.warm_caches()
 
+    # ------------------------------------------------------------ randomness
+    def randn(self, shape) -> torch.Tensor:
+        """Standard normal noise of `shape` (CPU) from the loop's generator. With several processes
+        it is drawn for the global batch and this process's rows are returned."""
+        shape = tuple(shape)
+        if not self.processes.active:
+            return torch.randn(shape, generator=self.generator)
+        rows = distributed.shard_rows(self.config.batch_size, shape[0], self.processes)
+        drawn = torch.randn((len(rows) * self.processes.world_size, *shape[1:]), generator=self.generator)
+        return drawn[rows]
+
+    def randint(self, high: int, size) -> torch.Tensor:
+        """Integers in [0, high) of `size` (CPU) from the loop's generator; sharded as `randn`."""
+        size = tuple(size)
+        if not self.processes.active:
+            return torch.randint(high, size, generator=self.generator)
+        rows = distributed.shard_rows(self.config.batch_size, size[0], self.processes)
+        drawn = torch.randint(high, (len(rows) * self.processes.world_size, *size[1:]), generator=self.generator)
+        return drawn[rows]
+
+    def _next_batch(self) -> dict:
+        """The objective's micro-batch; with several processes, this process's slice of it."""
+        batch = self.objective.batch()
+        if self.processes.active:
+            batch = distributed.local_batch(batch, self.config.batch_size, self.processes)
+        return batch
+
+    def _averaged(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each loss averaged over processes (detached): what the global batch's loss is."""
+        names = list(losses)
+        mean = self.processes.all_reduce_mean(torch.stack([losses[n].detach().float() for n in names]))
+        return dict(zip(names, mean))
+
+    def _all_reduce_grads(self) -> None:
+        """Average the trained parameters' gradients over processes (one flat buffer)."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = self.processes.all_reduce_mean(torch.cat([g.reshape(-1) for g in grads]))
+        offset = 0
+        for param, grad in zip(self.params, grads):
+            n = grad.numel()
+            param.grad = flat[offset : offset + n].view_as(grad).to(grad.dtype)
+            offset += n
+
+    def _sync_generator(self) -> None:
+        """Rank 0's generator state everywhere (draws made per local example, e.g. grad_mode
+        random, would otherwise let the processes' data order drift apart)."""
+        self.generator.set_state(self.processes.broadcast(self.generator.get_state()))
+
     # ------------------------------------------------------------------ steps
     def micro_step_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Every enabled loss of one micro-batch, unweighted, with graph (the objective's)."""
@@ -142,16 +202,21 @@ class LoRALoop:
         c = self.config
         sums: dict[str, float] = defaultdict(float)
         for _ in range(c.grad_accum):
-            losses = self.micro_step_losses(self.objective.batch())
+            losses = self.micro_step_losses(self._next_batch())
             total = sum(c.weight(name) * value for name, value in losses.items())
-            self._check_finite({**losses, "total": total})
+            logged = {**losses, "total": total}
+            if self.processes.active:
+                logged = self._averaged(logged)
+                self._sync_generator()
+            self._check_finite(logged)
             with self.timed("backward"):
                 scaled = total / c.grad_accum
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            for name, value in losses.items():
+            for name, value in logged.items():
                 sums[name] += float(value.detach()) / c.grad_accum
-            sums["total"] += float(total.detach()) / c.grad_accum
         with self.timed("optimizer"):
+            if self.processes.active:
+                self._all_reduce_grads()
             if self.scaler:
                 self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
@@ -183,7 +248,7 @@ class LoRALoop:
         """
         if self.output_dir is None:
             return self._train_loop(on_step)
-        with runfolder.claim(self.output_dir):
+        with runfolder.claim(self.output_dir) if self.processes.is_main else contextlib.nullcontext():
             if self.step == 0 and self.resumed_from is None:
                 runfolder.refuse_fresh_start(self.checkpoint_dir, self.run_identity())
             return self._train_loop(on_step)
@@ -203,7 +268,7 @@ class LoRALoop:
         except (NonFiniteLossError, DiskFullError):
             raise
         except BaseException:
-            if self.checkpoint_dir and self.step > saved_at:
+            if self.checkpoint_dir and self.step > saved_at and self.processes.is_main:
                 self._save_on_interrupt()
             raise
         return self.history
@@ -239,6 +304,8 @@ class LoRALoop:
             if self.checkpoint_dir is None:
                 raise ValueError("no output_dir: pass a checkpoint path")
             path = ckpt.checkpoint_path(self.checkpoint_dir, self.step)
+        if not self.processes.is_main:
+            return Path(path)  # rank 0 writes it
         ckpt.save_checkpoint(Path(path), self.training_state())
         if self.checkpoint_dir is not None and Path(path).parent == self.checkpoint_dir:
             ckpt.rotate_checkpoints(self.checkpoint_dir, self.config.checkpoint_limit, self.run_identity())
@@ -303,5 +370,7 @@ class LoRALoop:
         """The kohya-format LoRA (.safetensors, real alpha, training metadata) with the UNet's
         and, where trained, the text encoder's adapter (`lora_unet_*`, `lora_te_*`)."""
         c = self.config
+        if not self.processes.is_main:
+            return Path(path)  # rank 0 writes it
         return export_kohya(self.unet, Path(path), self.lora_metadata(), rank=c.rank, alpha=c.alpha,
                             text_encoder=self.text_encoder)

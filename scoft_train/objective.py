@@ -47,6 +47,10 @@ class LoopServices(Protocol):
 
     def autocast(self) -> AbstractContextManager: ...
 
+    def randn(self, shape) -> torch.Tensor: ...  # noise of a batch-sized draw (CPU, from `generator`)
+
+    def randint(self, high: int, size) -> torch.Tensor: ...  # integers likewise
+
     def timed(self, name: str) -> AbstractContextManager: ...
 
 
@@ -127,7 +131,7 @@ class Objective:
         """Scaled VAE latents [B,4,h,w] of images [B,3,H,W] in [-1,1], sampled with the loop's RNG."""
         cached = [self._cache_latent(image) for image in pixels]
         mean, std = torch.cat([m for m, _ in cached]), torch.cat([s for _, s in cached])
-        noise = torch.randn(mean.shape, generator=self.generator).to(self.device)
+        noise = self.loop.randn(mean.shape).to(self.device)
         config = self.bundle.vae.config
         shift = getattr(config, "shift_factor", None) or 0.0
         return (mean + std * noise - shift) * config.scaling_factor
@@ -163,11 +167,12 @@ class Objective:
 
     def noised(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(z0, noise, t, z_t) of images [B,3,H,W]: latents, noise and timesteps [B] drawn with the
-        loop's RNG (in that order), z_t the scheduler's noised latents."""
+        loop's RNG (in that order; batch-sized draws go through the loop, which slices them when several
+        processes share the batch), z_t the scheduler's noised latents."""
         sched = self.bundle.scheduler
         z0 = self.latents(pixels)
-        noise = torch.randn(z0.shape, generator=self.generator).to(self.device)
-        t = torch.randint(sched.config.num_train_timesteps, (z0.shape[0],), generator=self.generator).to(self.device)
+        noise = self.loop.randn(z0.shape).to(self.device)
+        t = self.loop.randint(sched.config.num_train_timesteps, (z0.shape[0],)).to(self.device)
         return z0, noise, t, sched.add_noise(z0, noise, t)
 
     def predict(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

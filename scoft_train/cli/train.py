@@ -1,10 +1,17 @@
 """`train`, `sample` and `compare`: a SCoFT LoRA from a CCUB folder, images with it, and a
-baseline-vs-LoRA grid from the same seeds."""
+baseline-vs-LoRA grid from the same seeds.
+
+`train` runs data parallel when started by `accelerate launch` with more than one process
+(or given `--num-processes N`, which re-launches this command line that way): see
+scoft_train/distributed.py. Rank 0 writes everything; the other ranks only train.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
+import sys
 from pathlib import Path
 
 from ..config import LossWeights, TrainConfig
@@ -35,15 +42,31 @@ def train_config_from_args(args) -> TrainConfig:
 
 
 def cmd_train(args) -> int:
+    from .. import distributed
     from ..data import load_ccub
     from ..progress import tqdm_progress
     from ..stages import train_scoft
+    from ..trainer import SCoFTTrainer
 
+    if args.num_processes > 1 and distributed.launched_processes() == 1:
+        return distributed.relaunch(args.num_processes, distributed.without_option(sys.argv[1:], "--num-processes"))
     config = train_config_from_args(args)
+    processes, args.device = distributed.start(args.device)
+    if config.batch_size % processes.world_size:
+        raise ValueError(f"--batch-size {config.batch_size} is the global batch; it must be a multiple of the "
+                         f"{processes.world_size} processes")
     bundle = load_bundle(args)
     dataset = load_ccub(args.data, resolution=args.resolution or bundle.resolution, center_crop=not args.random_crop,
                         random_flip=args.flip, **ccub_read_options(args),
                         **({"culture_terms": args.culture_terms} if args.culture_terms else {}))
+    if not processes.is_main:  # trains its share; rank 0 writes the LoRA, history, plot, previews
+        logging.getLogger("scoft_train").setLevel(logging.WARNING)
+        trainer = SCoFTTrainer(bundle, dataset, config, args.out)
+        resume = resume_from(args)
+        if resume:
+            trainer.resume(None if resume is True else resume)
+        trainer.train()
+        return 0
     with tqdm_progress("train") as on_step:
         outputs = train_scoft(bundle, dataset, config, args.out, on_step=on_step, resume=resume_from(args),
                               preview_every=args.preview_every)
@@ -89,6 +112,10 @@ def register(verbs) -> None:
     train.add_argument("--data", type=Path, required=True, help="CCUB folder (metadata.jsonl or images + .txt captions)")
     add_ccub_read_args(train)
     add_run_args(train)
+    train.add_argument("--num-processes", type=int, default=1, metavar="N",
+                       help="data parallel over N processes on this machine (re-launches this command through "
+                            "`accelerate launch`; one GPU each with --device cuda, else CPU/gloo). --batch-size is "
+                            "the global batch, a multiple of N. Default 1: this process alone")
     train.add_argument("--culture-terms", nargs="+", help="words removed to derive generic captions (blip_text)")
     _add_train_config_args(train)
     train.set_defaults(func=cmd_train)
