@@ -137,6 +137,7 @@ class Units:
     def __init__(self, folder: Path, config: dict):
         self.folder = folder
         plan = folder / "plan.json"
+        config = json.loads(json.dumps(config))  # tuples read back as lists
         recorded = json.loads(plan.read_text()) if plan.is_file() else None
         if recorded is not None and recorded != config:
             raise ValueError(f"{plan}: this run folder holds units of another configuration; use a new --out folder "
