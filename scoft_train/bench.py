@@ -228,3 +228,236 @@ def bench_rscorrector(images: int = 4, steps: int = 20, last_k: int = 4, m_steps
     plain = timed(lambda: sample_tensor(bundle, prompts, 0, **common))
     corrected = timed(lambda: sample_corrected(bundle, prior, prompts, 0, last_k=last_k, m_steps=m_steps, **common))
     return RSCorrectorBench(images, steps, last_k, m_steps, plain, corrected)
+
+
+# ------------------------------------------------------------------------------ memory
+MEMORY_STEPS = {"FT": "FT", "FT+MPC branch": "FT+MPC"}  # row name -> preset (the branch step is forced)
+MEMORY_COLUMNS = ("step", "checkpointing", "precision", "before step", "peak", "step adds", "seconds")
+
+
+def random_sd15_bundle(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """The full SD 1.5 architecture (UNet 860M, VAE 84M, CLIP ViT-L/14 text 123M parameters)
+    with random weights, from the configs shipped in scoft_train/configs/sd15: no download."""
+    import json
+
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .models import BUNDLED_CONFIGS, ModelBundle, _freeze, load_clip_tokenizer
+
+    folder = BUNDLED_CONFIGS["sd15"]
+    read = lambda part, name="config.json": json.loads((folder / part / name).read_text())  # noqa: E731
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel.from_config(read("unet"))
+        vae = AutoencoderKL.from_config(read("vae"))
+        text_encoder = CLIPTextModel(CLIPTextConfig.from_dict(read("text_encoder")))
+    bundle = ModelBundle(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=load_clip_tokenizer(),
+        scheduler=DDPMScheduler.from_config(read("scheduler", "scheduler_config.json")),
+        source="random-sd15", fingerprint="random-sd15", extras={"layout": "random", "config": "sd15"},
+    )
+    _freeze(bundle, dtype, device)
+    return bundle
+
+
+def _rss_now() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak resident set (Linux /proc/self/clear_refs, VmHWM); False where not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss(reset: bool) -> int:
+    if reset:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def measure_memory_step(step: str, checkpointing: bool, precision: str, resolution: int, tiny: bool,
+                        device: str = "cpu", threads: int = 1, denoise_steps: int = 2) -> dict:
+    """Memory of one optimizer step (batch 1, grad_accum 1, rank 64) of `step` ("FT" or "FT+MPC
+    branch", the decoded-generation branch forced on) in this process: the model, the trainer
+    (its private UNet copy) and the caches are built and warmed first. CPU: resident set before
+    the step and its peak during the step (VmHWM reset just before); CUDA: allocated before and
+    torch.cuda.max_memory_allocated during. Bytes, and the step's seconds."""
+    torch.set_num_threads(threads)
+    bundle = load_tiny_model(device=device) if tiny else random_sd15_bundle(device=device)
+    dataset = load_ccub(CCUB_DEMO_DIR, resolution=resolution)
+    config = TrainConfig(preset=MEMORY_STEPS[step], steps=10, grad_accum=1, batch_size=1, allow_random_backbone=True,
+                         gradient_checkpointing=checkpointing, mixed_precision=precision, contrastive_every=1,
+                         denoise_steps=denoise_steps, lr_schedule="constant")
+    trainer = SCoFTTrainer(bundle, dataset, config)
+    if step == "FT":
+        trainer.step = 1  # (FT has no branch anyway)
+    trainer.warm_caches()
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        reset = False
+    else:
+        import gc
+
+        gc.collect()
+        before = _rss_now()
+        reset = _reset_peak_rss()
+    start = time.perf_counter()
+    trainer.train_step()
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() if cuda else _peak_rss(reset)
+    return {"step": step, "checkpointing": checkpointing, "precision": precision, "before": before,
+            "peak": max(peak, before), "seconds": seconds,
+            "measure": "cuda max_memory_allocated" if cuda else ("VmHWM (reset before the step)" if reset
+                                                                 else "ru_maxrss (whole process)")}
+
+
+@dataclass
+class MemoryBench:
+    model: str
+    resolution: int
+    device: str
+    rows: list[dict]
+
+    def report(self) -> str:
+        gib = 1024**3
+        measure = self.rows[0]["measure"] if self.rows else "-"
+        lines = [
+            f"bench memory ({self.model}, random weights, {self.resolution} px, batch 1, rank 64, {self.device}; "
+            f"one optimizer step per row, each in a fresh process)",
+            f"  memory: {measure}; 'before step' = model + trainer (its UNet copy) + caches, GiB",
+            "  " + "  ".join(f"{c:<14}" if i < 3 else f"{c:>11}" for i, c in enumerate(MEMORY_COLUMNS)),
+        ]
+        for r in self.rows:
+            cells = [r["step"], "on" if r["checkpointing"] else "off", r["precision"] if r["precision"] != "no"
+                     else "fp32"]
+            numbers = [r["before"] / gib, r["peak"] / gib, (r["peak"] - r["before"]) / gib]
+            lines.append("  " + "  ".join(f"{c:<14}" for c in cells) + "  "
+                         + "  ".join(f"{v:>11.2f}" for v in numbers) + f"  {r['seconds']:>11.1f}")
+        return "\n".join(lines)
+
+
+def memory_configurations(device: str) -> list[tuple[str, bool, str]]:
+    """(step, checkpointing, precision) rows: fp32 everywhere, bf16 autocast where CUDA allows it."""
+    precisions = ["no"] + (["bf16"] if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported() else [])
+    return [(step, ckpt, precision) for precision in precisions for step in MEMORY_STEPS for ckpt in (False, True)]
+
+
+def bench_memory(resolution: int | None = None, tiny: bool = False, device: str = "cpu", threads: int = 1,
+                 denoise_steps: int = 2) -> MemoryBench:
+    """Every configuration of `memory_configurations` in a fresh `python -m scoft_train bench memory
+    --one ...` process, so that no peak carries over from one row to the next."""
+    import json
+    import subprocess
+    import sys
+
+    resolution = resolution or (64 if tiny else 256 if torch.device(device).type == "cpu" else 512)
+    rows = []
+    for step, checkpointing, precision in memory_configurations(device):
+        command = [sys.executable, "-m", "scoft_train", "bench", "memory", "--one", step, "--resolution",
+                   str(resolution), "--device", device, "--threads", str(threads), "--denoise-steps",
+                   str(denoise_steps), "--precision", precision, "--checkpointing" if checkpointing else
+                   "--no-checkpointing", *(["--tiny"] if tiny else [])]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"bench memory row {step!r} failed:\n{result.stderr[-3000:]}")
+        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    return MemoryBench("tiny SD-1.x model" if tiny else "SD 1.5 architecture", resolution, device, rows)
+
+
+# ------------------------------------------------------------------------- processes
+@dataclass
+class DistributedBench:
+    rows: list[dict]  # processes, batch, steps, seconds, lora path
+    max_lora_difference: float
+
+    def report(self) -> str:
+        base = self.rows[0]["steps"] / self.rows[0]["seconds"]
+        lines = [
+            "bench distributed (tiny model, FT+M, global batch {}, 1 CPU thread per process, gloo; median-free: "
+            "steps timed after warm-up)".format(self.rows[0]["batch"]),
+            "  processes   steps/s   vs 1 process",
+        ]
+        for r in self.rows:
+            rate = r["steps"] / r["seconds"]
+            lines.append(f"  {r['processes']:>9}   {rate:7.2f}   {rate / base:5.2f}x")
+        lines.append(f"  largest |LoRA(2 processes) - LoRA(1 process)| after the same steps: {self.max_lora_difference:.2e}")
+        lines.append("  On a machine with 2 shared cores this shows correctness, not speed-up: the processes share "
+                     "the cores and add an all-reduce per step.")
+        return "\n".join(lines)
+
+
+def distributed_worker(steps: int, warmup: int, batch_size: int, lora_out: str, threads: int = 1) -> dict | None:
+    """One training process of `bench distributed`: the tiny model, global batch `batch_size`;
+    rank 0 returns the timing and writes the LoRA state to `lora_out`."""
+    from safetensors.torch import save_file
+
+    from . import distributed
+
+    torch.set_num_threads(threads)
+    processes, _ = distributed.start("cpu")
+    bundle = load_tiny_model()
+    dataset = load_ccub(CCUB_DEMO_DIR, resolution=bundle.resolution)
+    config = TrainConfig(preset="FT+M", steps=10**6, grad_accum=1, batch_size=batch_size, rank=8, alpha=8.0,
+                         lr=1e-3, lr_schedule="constant")
+    trainer = SCoFTTrainer(bundle, dataset, config)
+    trainer.warm_caches()
+    for _ in range(warmup):
+        trainer.train_step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step()
+    seconds = time.perf_counter() - start
+    if not processes.is_main:
+        return None
+    save_file({k: v.contiguous() for k, v in trainer._lora_state().items()}, lora_out)
+    return {"processes": processes.world_size, "batch": batch_size, "steps": steps, "seconds": seconds}
+
+
+def bench_distributed(steps: int = 10, warmup: int = 2, batch_size: int = 4, processes: tuple[int, ...] = (1, 2),
+                      threads: int = 1) -> DistributedBench:
+    """Steps/s of the same training with 1 and with N processes (accelerate's launcher, gloo), each
+    run in fresh processes; and how far apart their LoRAs end (they should be equal)."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from .distributed import relaunch_command
+
+    rows, loras = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in processes:
+            lora = str(Path(tmp) / f"lora_{n}.safetensors")
+            argv = ["bench", "distributed", "--worker", "--steps", str(steps), "--warmup", str(warmup),
+                    "--batch-size", str(batch_size), "--lora-out", lora, "--threads", str(threads)]
+            command = relaunch_command(n, argv) if n > 1 else [sys.executable, "-m", "scoft_train", *argv]
+            result = subprocess.run(command, capture_output=True, text=True, env={**__import__("os").environ,
+                                                                                   "OMP_NUM_THREADS": str(threads)})
+            if result.returncode != 0:
+                raise RuntimeError(f"bench distributed with {n} processes failed:\n{result.stderr[-3000:]}")
+            rows.append(json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1]))
+            loras.append(load_file(lora))
+    difference = max(float((loras[0][k] - other[k]).abs().max()) for other in loras[1:] for k in loras[0]) \
+        if len(loras) > 1 else 0.0
+    return DistributedBench(rows, difference)

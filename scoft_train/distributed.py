@@ -122,20 +122,22 @@ def local_batch(batch: dict, global_rows: int, group: ProcessGroup) -> dict:
     return out
 
 
-def relaunch(num_processes: int, argv: list[str]) -> int:
-    """Run `python -m scoft_train <argv>` as `num_processes` processes through accelerate's
-    launcher (one machine, a free port, so that two runs can share a machine); returns the
-    launcher's exit status."""
+def relaunch_command(num_processes: int, argv: list[str]) -> list[str]:
+    """The command that runs `python -m scoft_train <argv>` as `num_processes` processes through
+    accelerate's launcher (one machine, a free port, so that two runs can share a machine)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [
+    return [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
         "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no",
-        "--dynamo_backend", "no",
-        "-m", "scoft_train", *argv,
+        "--dynamo_backend", "no", "-m", "scoft_train", *argv,
     ]
-    return subprocess.call(command)
+
+
+def relaunch(num_processes: int, argv: list[str]) -> int:
+    """Run `python -m scoft_train <argv>` as `num_processes` processes; the launcher's exit status."""
+    return subprocess.call(relaunch_command(num_processes, argv))
 
 
 def without_option(argv: list[str], option: str) -> list[str]:

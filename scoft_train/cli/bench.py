@@ -1,6 +1,10 @@
-"""`bench train|negatives|rscorrector`: side-by-side timings in one run (scoft_train/bench.py)."""
+"""`bench train|negatives|rscorrector|memory|distributed`: side-by-side measurements in one run
+(scoft_train/bench.py)."""
 
 from __future__ import annotations
+
+import argparse
+import json
 
 
 def cmd_bench_train(args) -> int:
@@ -25,8 +29,32 @@ def cmd_bench_rscorrector(args) -> int:
     return 0
 
 
+def cmd_bench_memory(args) -> int:
+    from ..bench import bench_memory, measure_memory_step
+
+    if args.one:  # one row, in this (fresh) process: a JSON line for the parent
+        precision = args.precision or "no"
+        print(json.dumps(measure_memory_step(args.one, args.checkpointing, precision, args.resolution, args.tiny,
+                                             args.device, args.threads, args.denoise_steps)))
+        return 0
+    print(bench_memory(args.resolution, args.tiny, args.device, args.threads, args.denoise_steps).report())
+    return 0
+
+
+def cmd_bench_distributed(args) -> int:
+    from ..bench import bench_distributed, distributed_worker
+
+    if args.worker:
+        row = distributed_worker(args.steps, args.warmup, args.batch_size, args.lora_out, args.threads)
+        if row is not None:
+            print(json.dumps(row))
+        return 0
+    print(bench_distributed(args.steps, args.warmup, args.batch_size, (1, args.processes), args.threads).report())
+    return 0
+
+
 def register(verbs) -> None:
-    """The `bench` verb with `train`, `negatives` and `rscorrector`."""
+    """The `bench` verb with `train`, `negatives`, `rscorrector`, `memory` and `distributed`."""
     bench = verbs.add_parser("bench", help="benchmarks (side-by-side ratios in one run)")
     what = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
     train = what.add_parser("train", help="plain LoRA step vs FT+MPC step on the tiny model")
@@ -46,5 +74,36 @@ def register(verbs) -> None:
     rscorrector.add_argument("--m", type=int, default=2, help="gradient steps per corrected step")
     rscorrector.add_argument("--repeats", type=int, default=3, help="timed runs per variant (median)")
     rscorrector.set_defaults(func=cmd_bench_rscorrector)
+    memory = what.add_parser(
+        "memory", help="peak memory of one FT and one FT+MPC branch step, SD 1.5 architecture (random weights)",
+        description="Peak memory of one optimizer step (FT; FT+MPC with the decoded-generation branch), with and "
+                    "without gradient checkpointing, and with bf16 autocast where CUDA allows it. The full SD 1.5 "
+                    "architecture with random weights from the bundled config (no download); each row in a fresh "
+                    "process. CPU: resident set (VmHWM reset before the step), 256 px by default; CUDA: "
+                    "torch.cuda.max_memory_allocated, 512 px by default.")
+    memory.add_argument("--tiny", action="store_true", help="the tiny test model instead (64 px): checks the code path")
+    memory.add_argument("--resolution", type=int, default=None, help="image side (default 256 on CPU, 512 on CUDA)")
+    memory.add_argument("--device", default="cpu", help="cpu or cuda")
+    memory.add_argument("--denoise-steps", type=int, default=2,
+                        help="branch denoising steps (default 2: the no-grad steps hold no activations, so the "
+                             "peak is that of the reference 20; only the seconds grow)")
+    memory.add_argument("--one", choices=("FT", "FT+MPC branch"), help=argparse.SUPPRESS)
+    memory.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=False, help=argparse.SUPPRESS)
+    memory.add_argument("--precision", choices=("no", "bf16", "fp16"), help=argparse.SUPPRESS)
+    memory.set_defaults(func=cmd_bench_memory)
+    processes = what.add_parser(
+        "distributed", help="steps/s of training with 1 vs N processes (accelerate, tiny model)",
+        description="Steps/s of the same FT+M training (tiny model, CPU, gloo) in one process and in N processes "
+                    "through accelerate's launcher, and the largest difference between their LoRAs. On a machine "
+                    "with few shared cores this shows correctness, not speed-up.")
+    processes.add_argument("--processes", type=int, default=2, help="processes of the data-parallel run")
+    processes.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
+    processes.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps")
+    processes.add_argument("--batch-size", type=int, default=4, help="global batch (a multiple of --processes)")
+    processes.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    processes.add_argument("--lora-out", help=argparse.SUPPRESS)
+    processes.set_defaults(func=cmd_bench_distributed)
     for parser in (train, negatives, rscorrector):
         parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    for parser in (memory, processes):
+        parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (per process)")
