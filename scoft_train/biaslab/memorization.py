@@ -47,8 +47,8 @@ BASE = "base"
 class MemorizationConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     sample_seed: int = 0
-    images_per_culture: int = 2
-    steps: int = 800
+    images_per_culture: int = 1
+    steps: int = 1000
     batch_size: int = 2
     rank: int = 8
     lr: float = 2e-3
