@@ -12,7 +12,7 @@ from scoft_train.bench import MEMORY_COLUMNS, MEMORY_STEPS
 
 def test_bench_memory_prints_one_row_per_step_and_checkpointing():
     result = subprocess.run([sys.executable, "-m", "scoft_train", "bench", "memory", "--tiny"],
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("bench memory (tiny SD-1.x model") and "64 px" in lines[0]
