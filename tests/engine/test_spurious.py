@@ -21,6 +21,7 @@ from scoft_train.assets import (
     WEIGHTS_DIR,
     WORLD_DIR,
 )
+from scoft_train.biaslab import sfsl_lab
 from scoft_train.biaslab.corpus import ccub_examples
 from scoft_train.biaslab.render import SceneSpec, render
 from scoft_train.biaslab.sfsl_lab import (
@@ -249,7 +250,9 @@ def _check_record(record: dict, seeds: list[int], samples: int) -> None:
         assert difference["excludes_zero"] == (difference["low"] > 0 or difference["high"] < 0), metric
 
 
-def test_sfsl_lab_quick_reports_every_seed_and_resumes(tmp_path):
+def test_sfsl_lab_quick_reports_every_seed_and_resumes(tmp_path, monkeypatch):
+    # others may commit to this checkout while the test runs; reuse is keyed on the commit
+    monkeypatch.setattr(sfsl_lab, "code_commit", lambda: {"commit": "f" * 40, "dirty": False})
     out = tmp_path / "sfsl"
     args = ["biaslab", "sfsl", "--quick", "--seeds", "0,1", "--out", str(out)]
     assert main(args) == 0
@@ -273,6 +276,18 @@ def test_sfsl_lab_quick_reports_every_seed_and_resumes(tmp_path):
     assert main(args) == 0  # finished seeds are reused, not retrained
     again = json.loads((out / "results.json").read_text())
     assert again["resumed_seeds"] == [0, 1] and again["verdicts"] == record["verdicts"]
+
+
+def test_saved_seed_is_reused_only_with_the_same_config_and_commit(tmp_path):
+    config = SFSLLabConfig.quick((0,))
+    code = {"commit": "a" * 40, "dirty": False}
+    path = tmp_path / "verdicts.json"
+    assert sfsl_lab._load_seed(path, config, code) is None
+    path.write_text(json.dumps({"seed": 0, "config": config.shared(), "code": code, "rows": {}}))
+    assert sfsl_lab._load_seed(path, config, code)["seed"] == 0
+    assert sfsl_lab._load_seed(path, SFSLLabConfig.quick((0, 5)), code) is not None, "the seed list is not the config"
+    assert sfsl_lab._load_seed(path, dataclasses.replace(config, steps=3), code) is None
+    assert sfsl_lab._load_seed(path, config, {"commit": "b" * 40, "dirty": False}) is None
 
 
 def test_sfsl_seeds_option_rejects_repeats():
