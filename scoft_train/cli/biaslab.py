@@ -174,11 +174,13 @@ def register(verbs) -> None:
     sco.add_argument("--weights", type=Path, default=WEIGHTS_DIR, help="folder with world/ (its VAE round-trips)")
     sco.add_argument("--smoke", action="store_true", help="a few steps (CI): trains nothing useful")
     sco.set_defaults(func=cmd_scorers)
-    spur = what.add_parser("spurious", help="train the spurious-feature lab's market classifier and oracle",
-                           description="Render web photos where the awning is behind 95%% of markets, train the "
-                                       "classifier on them and an oracle where it is independent, measure, write.")
+    spur = what.add_parser("spurious", help="train the spurious-feature lab's two market classifiers and oracle",
+                           description="Render web photos where the awning is behind 95%% of markets, train "
+                                       "classifier 1 and (own seed, data draw and width) classifier 2 on them and an "
+                                       "oracle where it is independent, measure, write.")
     spur.add_argument("--out", type=Path, default=Path("outputs/biaslab/spurious"),
-                      help="output folder: classifier/, oracle/, card.json (the shipped ones: WEIGHTS/spurious)")
+                      help="output folder: classifier/, classifier_2/, oracle/, card.json (the shipped ones: "
+                           "WEIGHTS/spurious)")
     spur.add_argument("--smoke", action="store_true", help="a few steps (CI): trains nothing useful")
     spur.add_argument("--second-only", action="store_true",
                       help="only (re)train the second classifier into OUT, which already holds card.json")
