@@ -45,7 +45,7 @@ from .ablation_report import aggregate, render_markdown, write_images
 from .artefacts import load_world, load_world_controlnet
 from .corpus import authentic_renders
 from .metrics import copy_calibration, diversity, kid, memorization_rate
-from .prompt_sets import HELD_OUT_CELLS, remove_cells, test_prompts
+from .prompt_sets import HELD_OUT_CELLS, evaluation_prompts, remove_cells
 from .provenance import provenance
 from .rs_rows import RS_ROW, rs_sweep, rs_test_samples
 from .scorers import SSL, check_independent
@@ -212,7 +212,7 @@ def ablate(out_dir: str | os.PathLike, config: AblateConfig = AblateConfig(), we
     negatives = torch.cat([dataset[i]["negatives"] for i in range(len(dataset))]).to(device)
     negatives_stereotype = scorers.stereotype(negatives)
 
-    prompts = [p for p in test_prompts() for _ in range(c.samples_per_prompt)]
+    prompts = [p for p in evaluation_prompts() for _ in range(c.samples_per_prompt)]
     ccub_images = torch.stack([dataset[i]["pixel_values"] for i in range(len(dataset))]).to(device)
     training = round_trip(bundle.vae, ccub_images)
     real = round_trip(bundle.vae, authentic_renders(c.real_images, c.sample_seed).to(device))

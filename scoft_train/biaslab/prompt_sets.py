@@ -33,7 +33,7 @@ def _prompts(templates, cells, name: str) -> list[Prompt]:
             for culture, concept in cells for t in templates]
 
 
-def test_prompts(held_out_cells=HELD_OUT_CELLS) -> list[Prompt]:
+def evaluation_prompts(held_out_cells=HELD_OUT_CELLS) -> list[Prompt]:
     """Every test prompt, set by set (seen, unseen, held-out cells)."""
     trained = [(c, k) for c in CULTURE_NAMES for k in CONCEPTS if (c, k) not in held_out_cells]
     return (_prompts(CCUB_TEMPLATES, trained, "seen") + _prompts(UNSEEN_TEMPLATES, trained, "unseen")
