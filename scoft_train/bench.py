@@ -350,7 +350,7 @@ class MemoryBench:
                      else "fp32"]
             numbers = [r["before"] / gib, r["peak"] / gib, (r["peak"] - r["before"]) / gib]
             lines.append("  " + "  ".join(f"{c:<14}" for c in cells) + "  "
-                         + "  ".join(f"{v:>11.2f}" for v in numbers) + f"  {r['seconds']:>11.1f}")
+                         + "  ".join(f"{v:>11.2f}" for v in numbers) + f"  {r['seconds']:>11.3f}")
         return "\n".join(lines)
 
 
