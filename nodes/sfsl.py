@@ -229,6 +229,10 @@ class SFSLTrainSettings:
         return check_classifier(classifier_weights)
 
     def settings(self, **values):
+        # Checked here too, as in SCoFT Advanced Settings (older ComfyUI skips optional inputs' nodes).
+        verdict = check_classifier(values["classifier_weights"])
+        if verdict is not True:
+            raise ValueError(verdict)
         return (AdvancedSettings(values),)
 
 

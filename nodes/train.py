@@ -239,6 +239,11 @@ class SCoFTTrainSettings:
         return check_weight_paths(perceptual_weights, contrastive_weights)
 
     def settings(self, **values):
+        # Checked here too: a ComfyUI that validates only the nodes on required inputs never calls
+        # VALIDATE_INPUTS for this node, which feeds an optional one.
+        verdict = check_weight_paths(values["perceptual_weights"], values["contrastive_weights"])
+        if verdict is not True:
+            raise ValueError(verdict)
         return (AdvancedSettings(values),)
 
 

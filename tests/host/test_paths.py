@@ -77,9 +77,12 @@ def load_dataset_prompt(folder: str) -> dict:
 
 
 def training_prompt(workflow: Path, train_id: str, **values) -> dict:
-    """A workflow's training node and what it depends on (loaders, its Advanced Settings), the values put on
-    whichever of those nodes has the input, the loss plot previewed."""
-    prompt = upstream(json.loads(workflow.read_text(encoding="utf-8")), train_id)
+    """A workflow's training node and what it depends on (loaders, its Advanced Settings; the dataset straight
+    from its loader), the values put on whichever of those nodes has the input, the loss plot previewed."""
+    prompt = json.loads(workflow.read_text(encoding="utf-8"))
+    if "dataset" in prompt[train_id]["inputs"]:
+        prompt[train_id]["inputs"]["dataset"] = ["2", 0]  # straight from the loader: no negatives are made
+    prompt = upstream(prompt, train_id)
     set_inputs(prompt, (train_id, *prompt), **values)
     prompt["99"] = {"class_type": "PreviewImage", "inputs": {"images": [train_id, 1]}}
     return prompt
@@ -117,6 +120,22 @@ def assert_refused(host, prompt: dict, node_id: str, input_name: str, roots: lis
         assert str(root.resolve()) in details, (root, details)
     assert "extra_model_paths.yaml" in details and "SCOFT_ALLOW_ANY_PATH=1" in details, details
     assert host.get_json("/queue") == {"queue_running": [], "queue_pending": []}
+    return details
+
+
+def assert_confined(host, prompt: dict, node_id: str, input_name: str, roots: list[Path]) -> str:
+    """As assert_refused, for a node that feeds an optional input (an Advanced Settings node). ComfyUI
+    before 2024 validates at queue time only the nodes on required inputs, so there (this host) the node
+    refuses when it runs, before any training reads a file; newer ComfyUI refuses at queue time. Either
+    way the message names the node, the input, every allowed root and how to add one."""
+    with pytest.raises((client.PromptRejected, client.ExecutionFailed)) as failure:
+        client.run_workflow(prompt, host.url, host.root / "client_out", timeout=120)  # nothing comes back
+    details = str(failure.value)
+    assert f"node {node_id} (" in details and f"{input_name} '" in details, details
+    assert "outside the allowed folders" in details, details
+    for root in roots:
+        assert str(root.resolve()) in details, (root, details)
+    assert "extra_model_paths.yaml" in details and "SCOFT_ALLOW_ANY_PATH=1" in details, details
     return details
 
 
@@ -166,21 +185,23 @@ def test_dataset_folder_outside_is_refused_and_untouched(comfy_host, outside, wa
 def test_weights_outside_are_refused(comfy_host, outside, way):
     before = snapshot(outside)
     models = comfy_host.root / "models"
-    cases = [("annotators", "", negatives_prompt, "3", "annotator_dir")]
+    # A deprecated full node holds the path itself; a short node's Advanced Settings feeds an optional input.
+    refusal = {True: assert_refused, False: assert_confined}
+    cases = [("annotators", "", negatives_prompt, "3", "annotator_dir", assert_refused)]
     for workflow, train, settings in SCOFT_TRAINERS:
         for input_name in ("perceptual_weights", "contrastive_weights"):
             cases.append(("feature_backbones", "lpips_vgg.safetensors",
                           lambda v, w=workflow, t=train, n=input_name: training_prompt(w, t, **{n: v}), settings,
-                          input_name))
+                          input_name, refusal[settings == train]))
     for workflow, train, settings in SFSL_TRAINERS:
         cases.append(("classifiers", "market.safetensors",
                       lambda v, w=workflow, t=train: training_prompt(w, t, classifier_weights=v), settings,
-                      "classifier_weights"))
-    for kind, name, build, node_id, input_name in cases:
+                      "classifier_weights", refusal[settings == train]))
+    for kind, name, build, node_id, input_name, refused in cases:
         root = models / kind
         root.mkdir(parents=True, exist_ok=True)
         value = outside_values(comfy_host, outside, root, name)[way]
-        assert_refused(comfy_host, build(value), node_id, input_name, [root, comfy_host.extra_root / kind])
+        refused(comfy_host, build(value), node_id, input_name, [root, comfy_host.extra_root / kind])
     assert snapshot(outside) == before
 
 

@@ -23,9 +23,9 @@ FAST_TRAIN = ["SCoFT Train.steps=4", *FAST_NEGATIVES]
 
 
 def newest_lora(host, folder: str):
-    saved = sorted((host.root / "models" / "loras" / folder).glob("*.safetensors"))
+    saved = sorted((host.root / "models" / "loras" / folder).glob("*.safetensors"), key=lambda p: p.stat().st_mtime_ns)
     assert saved, f"no LoRA in models/loras/{folder}; log:\n{host.log_tail()}"
-    return saved[-1]
+    return saved[-1]  # the last one written (other tests' SFSL LoRAs share the folder)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_rs_corrector_compare_workflow(comfy_host, tmp_path):
 
 def test_sfsl_spurious_workflow(comfy_host, tmp_path):
     prompt = client.apply_overrides(client.load_prompt(API / "sfsl_spurious.json"), [
-        "SFSL Train.steps=3", "SFSL Train.class_images=2", "SFSL Train.class_image_steps=2",
+        "SFSL Train.steps=3", "SFSL Advanced Settings.class_images=2", "SFSL Advanced Settings.class_image_steps=2",
         "SFSL Train.run_name=sfsl_test", "Baseline Sampler.steps=4", "SFSL Sampler.steps=4",
     ])
     paths = client.run_workflow(prompt, comfy_host.url, tmp_path, timeout=300)
