@@ -62,9 +62,10 @@ def old_prompt(comfy_page, name: str) -> dict:
 
 def trained_config(host, prompt: dict, train_id: str, save_id: str, run_name: str, lora_name: str, tmp_path) -> dict:
     """Run the part of `prompt` that `save_id` (Save SCoFT LoRA) needs, training node `train_id` in run folder
-    `run_name`; the config in the metadata of the LoRA there."""
+    `run_name` (the copy in models/loras/old_workflows); the config in the metadata of the LoRA there."""
     prompt = upstream(json.loads(json.dumps(prompt)), save_id)
     prompt[train_id]["inputs"]["run_name"] = run_name
+    prompt[save_id]["inputs"]["filename_prefix"] = f"old_workflows/{run_name}"  # not in the shipped folders
     client.run_workflow(prompt, host.url, tmp_path / run_name, timeout=300)
     lora = host.root.joinpath(*RUNS, run_name, lora_name)
     with safe_open(str(lora), framework="pt") as handle:
@@ -111,7 +112,7 @@ def test_short_node_without_settings_trains_with_the_defaults(comfy_host, tmp_pa
     prompt = {
         "1": shipped["1"], "2": shipped["2"],
         "3": {"class_type": "SCoFTTrainLoRA", "inputs": {"model": ["1", 0], "dataset": ["2", 0], **main}},
-        "4": {"class_type": "SCoFTSaveLoRA", "inputs": {"lora": ["3", 0], "filename_prefix": "old_wf/lora"}},
+        "4": {"class_type": "SCoFTSaveLoRA", "inputs": {"lora": ["3", 0]}},  # prefix set by trained_config
     }
     config = trained_config(comfy_host, prompt, "3", "4", "no_settings", "scoft_lora.safetensors", tmp_path)
     assert config == json.loads(TrainConfig(preset="FT", steps=1, rank=4, lr=0.001, seed=7).to_json())
