@@ -64,3 +64,12 @@ class AdvancedSettings:
 
     def __str__(self) -> str:  # shown by ComfyUI in error reports
         return "AdvancedSettings(" + ", ".join(f"{k}={v!r}" for k, v in self.values.items()) + ")"
+
+
+def checked_settings(verdict: bool | str, values: dict) -> tuple[AdvancedSettings]:
+    """An Advanced Settings node's output, after its path check `verdict` (True or the message).
+    Checked when the node runs too: a ComfyUI that validates only the nodes on required inputs
+    never calls VALIDATE_INPUTS for a node that feeds an optional one."""
+    if verdict is not True:
+        raise ValueError(verdict)
+    return (AdvancedSettings(values),)

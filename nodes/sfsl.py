@@ -27,7 +27,7 @@ from .common import (
     CCUB_KIND, CLASSIFIERS_KIND, SCOFT_LORA, SCOFT_MODEL, SAMPLE, check_folder, check_model_path, dataset_choices,
     input_folder, model_path, progress_callback, tip, weight_choices,
 )
-from .settings import AdvancedSettings, widget_defaults
+from .settings import AdvancedSettings, checked_settings, widget_defaults
 from .settings import widgets as derived_widgets
 from .train import RUNS_FOLDER, preview_input, run_folder, run_inputs, run_training
 
@@ -229,11 +229,7 @@ class SFSLTrainSettings:
         return check_classifier(classifier_weights)
 
     def settings(self, **values):
-        # Checked here too, as in SCoFT Advanced Settings (older ComfyUI skips optional inputs' nodes).
-        verdict = check_classifier(values["classifier_weights"])
-        if verdict is not True:
-            raise ValueError(verdict)
-        return (AdvancedSettings(values),)
+        return checked_settings(check_classifier(values["classifier_weights"]), values)
 
 
 class SFSLTrainLoRA:

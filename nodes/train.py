@@ -25,7 +25,7 @@ from .common import (
     FEATURES_KIND, NONE, SCOFT_DATASET, SCOFT_LORA, SCOFT_MODEL, LoraFile, check_model_path, model_path,
     progress_callback, tip, weight_choices,
 )
-from .settings import AdvancedSettings, widget_defaults
+from .settings import AdvancedSettings, checked_settings, widget_defaults
 from .settings import widgets as derived_widgets
 
 logger = logging.getLogger(__name__)
@@ -239,12 +239,8 @@ class SCoFTTrainSettings:
         return check_weight_paths(perceptual_weights, contrastive_weights)
 
     def settings(self, **values):
-        # Checked here too: a ComfyUI that validates only the nodes on required inputs never calls
-        # VALIDATE_INPUTS for this node, which feeds an optional one.
         verdict = check_weight_paths(values["perceptual_weights"], values["contrastive_weights"])
-        if verdict is not True:
-            raise ValueError(verdict)
-        return (AdvancedSettings(values),)
+        return checked_settings(verdict, values)
 
 
 class SCoFTTrainLoRA:

@@ -70,14 +70,9 @@ class JudgeNet(nn.Module):
                                 if not k.startswith("heads.") or k.startswith(f"heads.{head}.")})
         return single.to(next(self.parameters()).device).requires_grad_(False).eval()
 
-    @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
         """Class indices per head, {head: LongTensor [B]}, for images in [-1, 1]."""
-        outputs: dict[str, list[torch.Tensor]] = {name: [] for name in self.labels}
-        for start in range(0, len(images), batch_size):
-            for name, logits in self(images[start : start + batch_size]).items():
-                outputs[name].append(logits.argmax(dim=1))
-        return {name: torch.cat(values) for name, values in outputs.items()}
+        return predict_heads(self, images, batch_size)
 
     def save(self, folder: str | Path, metadata: dict | None = None) -> Path:
         """config.json + model.safetensors (fp16) in `folder`."""
@@ -86,6 +81,17 @@ class JudgeNet(nn.Module):
         atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
         atomic_save_safetensors({k: v.half() for k, v in self.state_dict().items()}, folder / WEIGHTS_NAME)
         return folder
+
+
+@torch.no_grad()
+def predict_heads(network: nn.Module, images: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Class indices per head, {head: LongTensor [B]}, of any network with `labels` (head -> classes)
+    whose forward returns {head: logits}, in batches of `batch_size`."""
+    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in network.labels}
+    for start in range(0, len(images), batch_size):
+        for name, logits in network(images[start : start + batch_size]).items():
+            outputs[name].append(logits.argmax(dim=1))
+    return {name: torch.cat(values) for name, values in outputs.items()}
 
 
 def load_judgenet(folder: str | Path) -> JudgeNet:

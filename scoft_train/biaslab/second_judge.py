@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..atomic import atomic_save_safetensors, atomic_write_text
-from ..judgenet import CONFIG_NAME, WEIGHTS_NAME, Heads
+from ..judgenet import CONFIG_NAME, WEIGHTS_NAME, Heads, predict_heads
 
 ARCH = "biaslab-second-judge"
 
@@ -47,14 +47,9 @@ class SecondJudge(nn.Module):
         hidden = self.embed(images)
         return {name: head(hidden) for name, head in self.heads.items()}
 
-    @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
         """Class indices per head, {head: LongTensor [B]}."""
-        outputs: dict[str, list[torch.Tensor]] = {name: [] for name in self.labels}
-        for start in range(0, len(images), batch_size):
-            for name, logits in self(images[start : start + batch_size]).items():
-                outputs[name].append(logits.argmax(dim=1))
-        return {name: torch.cat(values) for name, values in outputs.items()}
+        return predict_heads(self, images, batch_size)
 
     def save(self, folder: str | Path, metadata: dict | None = None) -> Path:
         folder = Path(folder)

@@ -29,13 +29,14 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
-def _measurement(args, name: str, run, config_class) -> int:
-    """A bias-lab measurement verb: `run(out, config, weights_dir=, device=, on_step=)`,
-    full or `--quick` config, then its table and results path."""
+def _measurement(args, name: str, run, config) -> int:
+    """A bias-lab measurement verb over training seeds: `config` (full or --quick) with --seeds
+    applied, `run(out, config, weights_dir=, device=, on_step=)`, then its table and results path."""
     from ..progress import tqdm_progress
 
     _set_threads(args.threads)
-    config = config_class.quick(args.seed) if args.quick else config_class(seed=args.seed)
+    if args.seeds:
+        config = dataclasses.replace(config, seeds=tuple(args.seeds))
     with tqdm_progress(f"biaslab {name}") as on_step:
         result = run(args.out, config, weights_dir=args.weights, device=args.device, on_step=on_step)
     print(f"{result.table}\nresults: {result.out_dir / 'results.md'}")
@@ -44,30 +45,15 @@ def _measurement(args, name: str, run, config_class) -> int:
 
 def cmd_ablate(args) -> int:
     from ..biaslab.ablate import AblateConfig, ablate
-    from ..progress import tqdm_progress
 
-    _set_threads(args.threads)
-    config = AblateConfig.quick() if args.quick else AblateConfig()
-    if args.seeds is not None:
-        config = dataclasses.replace(config, seeds=tuple(args.seeds))
-    with tqdm_progress("biaslab ablate") as on_step:
-        result = ablate(args.out, config, weights_dir=args.weights, device=args.device, on_step=on_step)
-    print(f"{result.table}\nresults: {result.out_dir / 'results.md'}")
-    return 0
+    return _measurement(args, "ablate", ablate, AblateConfig.quick() if args.quick else AblateConfig())
 
 
 def cmd_memorization(args) -> int:
     from ..biaslab.memorization import MemorizationConfig, memorization_stress
-    from ..progress import tqdm_progress
 
-    _set_threads(args.threads)
-    config = MemorizationConfig.quick() if args.quick else MemorizationConfig()
-    if args.seeds is not None:
-        config = dataclasses.replace(config, seeds=tuple(args.seeds))
-    with tqdm_progress("biaslab memorization") as on_step:
-        result = memorization_stress(args.out, config, weights_dir=args.weights, device=args.device, on_step=on_step)
-    print(f"{result.table}\nresults: {result.out_dir / 'results.md'}")
-    return 0
+    return _measurement(args, "memorization", memorization_stress,
+                        MemorizationConfig.quick() if args.quick else MemorizationConfig())
 
 
 def cmd_scorers(args) -> int:
@@ -117,17 +103,8 @@ def _seed_list(text: str) -> tuple[int, ...]:
 
 def cmd_sfsl(args) -> int:
     from ..biaslab.sfsl_lab import SFSLLabConfig, sfsl_lab
-    from ..progress import tqdm_progress
 
-    _set_threads(args.threads)
-    if args.quick:
-        config = SFSLLabConfig.quick(args.seeds) if args.seeds else SFSLLabConfig.quick()
-    else:
-        config = SFSLLabConfig(seeds=args.seeds) if args.seeds else SFSLLabConfig()
-    with tqdm_progress("biaslab sfsl") as on_step:
-        result = sfsl_lab(args.out, config, weights_dir=args.weights, device=args.device, on_step=on_step)
-    print(f"{result.table}\nresults: {result.out_dir / 'results.md'}")
-    return 0
+    return _measurement(args, "sfsl", sfsl_lab, SFSLLabConfig.quick() if args.quick else SFSLLabConfig())
 
 
 def register(verbs) -> None:
