@@ -62,6 +62,15 @@ def wrap_text(text: str, font: ImageFont.ImageFont, width: int, max_lines: int) 
 Mark = tuple[str, tuple[int, int, int]]  # a cell's verdict: (one or two characters, RGB colour of its badge)
 
 
+def fit_cell(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`image` resized to `size` (w, h) for a grid cell: enlarged by nearest neighbour (no blur, no
+    invented detail), shrunk by Lanczos (antialiased, as a photo viewer shrinks)."""
+    if image.size == size:
+        return image
+    enlarging = size[0] >= image.width and size[1] >= image.height
+    return image.resize(size, Image.NEAREST if enlarging else Image.LANCZOS)
+
+
 def _enlarged(columns: dict[str, list[Image.Image]], min_cell: int) -> dict[str, list[Image.Image]]:
     """Every cell enlarged by one whole factor (nearest neighbour, no blur) until the smallest short side reaches `min_cell`."""
     shortest = min((min(image.size) for images in columns.values() for image in images), default=min_cell)

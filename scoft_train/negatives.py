@@ -49,7 +49,7 @@ from .ccub_folder import (
 )
 from .data import CCUBDataset, load_ccub
 from .depth import DepthEstimator, depth_image
-from .grid import compare_grid, save_grid
+from .grid import compare_grid, fit_cell, save_grid
 from .imagefile import WHITE, Background, load_rgb, open_oriented
 from .models import ModelBundle
 from .progress import OnStep
@@ -386,7 +386,7 @@ def _listed(dataset: CCUBDataset, items: list[CCUBImage], k: int) -> CCUBDataset
 def _preview_grid(items, depths, root, k, sizes, background) -> Image.Image:
     columns: dict[str, list[Image.Image]] = {"original": [], "depth": []}
     for item in items:
-        columns["original"].append(load_rgb(item.image, background).resize(sizes[item.index], Image.BICUBIC))
+        columns["original"].append(fit_cell(load_rgb(item.image, background), sizes[item.index]))
         columns["depth"].append(depths[item.index])
         for j in range(k):
             columns.setdefault(f"negative {j}", []).append(load_rgb(root / item.negative_relpath(j), background))

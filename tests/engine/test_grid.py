@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from scoft_train import grid as grid_module
-from scoft_train.grid import PARAMETERS_KEY, compare_grid, save_grid
+from scoft_train.grid import PARAMETERS_KEY, compare_grid, fit_cell, save_grid
 from scoft_train.stages import GRID_CELL, compare
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -54,6 +54,18 @@ def test_cells_are_enlarged_sharply_and_marks_sit_in_the_corner():
     second = image[header_h + 128 + pad : header_h + 2 * 128 + pad, label_w + pad : label_w + pad + 128]
     assert tuple(second[2, -3]) == RED and tuple(second[-3, 2]) == BLUE  # badge top right, cell elsewhere
     assert tuple(first[2, -3]) != RED  # no verdict, no badge
+
+
+def test_fit_cell_enlarges_sharply_and_shrinks_antialiased():
+    """A small original beside larger negatives keeps its pixels; a large photo is averaged down, not aliased."""
+    board = np.zeros((8, 8, 3), dtype=np.uint8)
+    board[::2, ::2] = 255
+    enlarged = np.asarray(fit_cell(Image.fromarray(board), (32, 32)))
+    assert set(np.unique(enlarged)) <= {0, 255} and (enlarged[:4, :4] == 255).all()
+    fine = np.zeros((64, 64, 3), dtype=np.uint8)
+    fine[::2, ::2] = 255  # a quarter of the pixels white: mean 63.75
+    shrunk = np.asarray(fit_cell(Image.fromarray(fine), (16, 16)))
+    assert 40 < shrunk.mean() < 90 and shrunk.std() < 20  # grey, as a viewer shows it; nearest would keep 0/255
 
 
 def test_mismatched_counts_are_refused():
