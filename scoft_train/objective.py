@@ -23,6 +23,7 @@ generation of method.md section 1, step 3 (generation.py). The bundle is never m
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 from collections.abc import Iterator
@@ -63,6 +64,20 @@ def unaugmented(dataset) -> Iterator[dict]:
     """Every item of `dataset` as loaded without augmentation (center crop, no flip)."""
     for index in range(len(dataset)):
         yield dataset.get(index, None)
+
+
+@contextlib.contextmanager
+def decoder_checkpointing(vae, enabled: bool) -> Iterator[None]:
+    """diffusers' per-block gradient checkpointing of `vae` for the decodes inside (the branch decodes
+    with grad: at 512 px its activations rival the UNet's); the shared VAE is left as it was."""
+    if not enabled or getattr(vae.decoder, "gradient_checkpointing", True):
+        yield
+        return
+    vae.enable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        vae.disable_gradient_checkpointing()
 
 
 class Objective:
@@ -188,7 +203,7 @@ class Objective:
                 self.unet, self.bundle.scheduler, z_t.float(), t, cond, uncond,
                 steps=c.denoise_steps, cfg=c.cfg, grad_mode=c.grad_mode, generator=self.generator,
             )
-        with loop.timed("decode"), loop.autocast():
+        with loop.timed("decode"), loop.autocast(), decoder_checkpointing(vae, c.gradient_checkpointing):
             shift = getattr(vae.config, "shift_factor", None) or 0.0
             return vae.decode((z_hat / vae.config.scaling_factor + shift).to(vae.dtype)).sample.float()
 

@@ -86,6 +86,28 @@ def test_branch_records_grad_in_exactly_one_unet_call(tiny_bundle, dataset, mode
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in trainer.unet.named_parameters() if "lora_B" in n)
 
 
+def test_checkpointed_branch_decode_gives_the_same_gradient_and_leaves_the_vae_as_it_was(tiny_bundle, dataset):
+    """gradient_checkpointing also checkpoints the VAE decoder's blocks in the branch (recomputed in
+    backward, not stored): same image, same LoRA gradient; the shared VAE is not left switched."""
+    grads = {}
+    for checkpointing in (False, True):
+        trainer = make_trainer(tiny_bundle, dataset, gradient_checkpointing=checkpointing, seed=5)
+        objective = trainer.objective
+        z_t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        recomputed = []
+        hook = tiny_bundle.vae.decoder.up_blocks[0].register_forward_pre_hook(  # a forward hook would not
+            lambda *_: recomputed.append(torch.is_grad_enabled()))  # fire: recompute stops early, mid-forward
+        image = objective.decoded_image(z_t, 600, objective.embed(["a house"]), objective.embed([""]))
+        image.square().mean().backward()
+        hook.remove()
+        assert len(recomputed) == (2 if checkpointing else 1)  # run again in backward when checkpointed
+        assert not tiny_bundle.vae.decoder.gradient_checkpointing
+        grads[checkpointing] = {n: p.grad.clone() for n, p in trainer.unet.named_parameters() if p.grad is not None}
+    assert grads[False].keys() == grads[True].keys() and grads[False]
+    for name, grad in grads[False].items():
+        torch.testing.assert_close(grads[True][name], grad, rtol=1e-5, atol=1e-7)
+
+
 def test_branch_timesteps_follow_the_reference():
     assert branch_timesteps(950, 20)[0] == 950 and branch_timesteps(950, 20)[-1] == 0
     assert len(branch_timesteps(950, 20)) == 20
