@@ -1,10 +1,11 @@
-"""`python -m scoft_train bench train`: plain LoRA step vs SCoFT (FT+MPC) step, side by side.
+"""`python -m scoft_train bench train`: plain LoRA step vs SCoFT (FT+MPC) steps, side by side.
 
 Both run in one process on the embedded tiny model and the sample CCUB folder; each
 variant gets warm-up steps, then the median of timed optimizer steps (grad_accum 1).
-The SCoFT step is timed with the decoded-generation branch active; the amortised cost
-spreads it over `contrastive_every` steps as training does. The breakdown splits the
-branch step into UNet calls with and without grad, decode, features and backward.
+The SCoFT step is timed without the decoded-generation branch and with it, once per
+branch length S; the amortised cost of a branch setting (S, every N) spreads its branch
+step over N steps as training does. The breakdown splits the reference branch step into
+UNet calls with and without grad, decode, features and backward.
 """
 
 from __future__ import annotations
@@ -17,34 +18,50 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import TrainConfig
+from .config import BRANCH_SETTINGS, TrainConfig
 from .data import load_ccub
 from .models import load_tiny_model
 from .sample_data import CCUB_DEMO_DIR
 from .trainer import SCoFTTrainer
 
-AMORTISE_OVER = 10
+
+def _point(name: str) -> tuple[int, int]:
+    return BRANCH_SETTINGS[name]["denoise_steps"], BRANCH_SETTINGS[name]["contrastive_every"]
+
+
+# branch settings timed: name -> (denoise steps S, branch every N steps)
+BRANCH_POINTS = {
+    "reference (paper)": _point("reference"),
+    "S=4, every 10": (4, 10),
+    "S=1, every 10": (1, 10),
+    "fast (train --fast)": _point("fast"),
+}
 
 
 @dataclass
 class TrainBench:
     plain: float
-    scoft_branch: float
     scoft_no_branch: float
+    branch: dict[int, float]  # denoise steps S -> seconds of a step with the branch
     breakdown: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def amortised(self) -> float:
-        return (self.scoft_branch + (AMORTISE_OVER - 1) * self.scoft_no_branch) / AMORTISE_OVER
+    def amortised(self, point: str) -> float:
+        """Seconds per step of FT+MPC at BRANCH_POINTS[point], the branch spread over its N steps."""
+        steps, every = BRANCH_POINTS[point]
+        return (self.branch[steps] + (every - 1) * self.scoft_no_branch) / every
 
     def report(self) -> str:
         lines = [
             "bench train (tiny model, 64 px, batch 1, median seconds per optimizer step)",
-            f"  plain LoRA step (FT)            {self.plain:.4f} s",
-            f"  FT+MPC step without branch      {self.scoft_no_branch:.4f} s  ({self.scoft_no_branch / self.plain:.1f}x)",
-            f"  FT+MPC step with branch         {self.scoft_branch:.4f} s  ({self.scoft_branch / self.plain:.1f}x)",
-            f"  FT+MPC amortised (branch 1/{AMORTISE_OVER})  {self.amortised:.4f} s  ({self.amortised / self.plain:.1f}x)",
-            "  where a branch step's time goes:",
+            f"  plain LoRA step (FT)              {self.plain:.4f} s",
+            f"  FT+MPC step without branch        {self.scoft_no_branch:.4f} s  "
+            f"({self.scoft_no_branch / self.plain:.2f}x)",
+            *(f"  FT+MPC step with branch, S={s:<3}     {seconds:.4f} s  ({seconds / self.plain:.2f}x)"
+              for s, seconds in sorted(self.branch.items(), reverse=True)),
+            "  FT+MPC amortised, per branch setting (S denoise steps, branch every N steps):",
+            *(f"    {name:<22} S={s:<3} N={n:<3} {self.amortised(name):.4f} s  "
+              f"({self.amortised(name) / self.plain:.2f}x plain)" for name, (s, n) in BRANCH_POINTS.items()),
+            "  where a reference branch step's time goes:",
         ]
         total = sum(self.breakdown.values())
         for name, seconds in sorted(self.breakdown.items(), key=lambda kv: -kv[1]):
@@ -70,12 +87,12 @@ class _UNetTimer:
         self.timings[key] += time.perf_counter() - self.start
 
 
-def _median_step(trainer: SCoFTTrainer, steps: int, warmup: int, branch: bool) -> float:
+def _median_step(trainer: SCoFTTrainer, steps: int, warmup: int, branch: bool, denoise_steps: int = 20) -> float:
     every = 1 if branch else 1_000_000  # the largest contrastive_every: step 1 never runs the branch
     trainer.warm_caches()
-    trainer.config = dataclasses.replace(trainer.config, contrastive_every=every)
+    trainer.config = dataclasses.replace(trainer.config, contrastive_every=every, denoise_steps=denoise_steps)
     for _ in range(warmup):
-        trainer.step = 1
+        trainer.step = 0 if branch else 1
         trainer.train_step()
     times = []
     for _ in range(steps):
@@ -93,15 +110,17 @@ def bench_train(steps: int = 5, warmup: int = 2, threads: int = 2) -> TrainBench
     common = dict(steps=10**6, grad_accum=1, rank=8, alpha=8.0, allow_random_backbone=True, lr_schedule="constant")
     plain = SCoFTTrainer(bundle, dataset, TrainConfig(preset="FT", **common))
     scoft = SCoFTTrainer(bundle, dataset, TrainConfig(preset="FT+MPC", **common))
+    reference_steps = BRANCH_POINTS["reference (paper)"][0]
     result = TrainBench(
         plain=_median_step(plain, steps, warmup, branch=False),
         scoft_no_branch=_median_step(scoft, steps, warmup, branch=False),
-        scoft_branch=_median_step(scoft, steps, warmup, branch=True),
+        branch={s: _median_step(scoft, steps, warmup, branch=True, denoise_steps=s)
+                for s in sorted({s for s, _ in BRANCH_POINTS.values()}, reverse=True)},
     )
     timings: dict[str, float] = defaultdict(float)
     scoft.timings, scoft.profile = timings, True
     timer = _UNetTimer(scoft.unet, timings)
-    _median_step(scoft, steps, 0, branch=True)
+    _median_step(scoft, steps, 0, branch=True, denoise_steps=reference_steps)
     for handle in timer.handles:
         handle.remove()
     branch_nograd = timings["unet_forward_nograd"] - timings["nograd_denoise"]

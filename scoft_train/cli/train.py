@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..config import LossWeights, TrainConfig
+from ..config import BRANCH_SETTINGS, LossWeights, TrainConfig
 from .common import (
     add_ccub_read_args, add_dataclass_args, add_model_args, add_run_args, add_sampling_args, ccub_read_options,
     dataclass_values, load_bundle, read_prompts, resume_from, sampling_kwargs,
@@ -28,6 +28,12 @@ def _add_train_config_args(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(LossWeights):
         group.add_argument(f"--w-{field.name}", type=float, default=None,
                            help=f"weight of L_{field.name} (default {field.default})")
+    fast = BRANCH_SETTINGS["fast"]
+    group.add_argument("--fast", action="store_true",
+                       help=f"the cheaper decoded-generation branch: --denoise-steps {fast['denoise_steps']} "
+                            f"--contrastive-every {fast['contrastive_every']} (a one-step x0 estimate, half as often as "
+                            "the paper's); either, given on the command line or in --config, overrides it. README: "
+                            "its measured cost and effect")
 
 
 def train_config_from_args(args) -> TrainConfig:
@@ -38,6 +44,9 @@ def train_config_from_args(args) -> TrainConfig:
         if value is not None:
             weights[field.name] = value
     values["weights"] = weights
+    if getattr(args, "fast", False):
+        for name, value in BRANCH_SETTINGS["fast"].items():
+            values.setdefault(name, value)
     return TrainConfig.from_dict(values)
 
 

@@ -13,6 +13,7 @@ from safetensors import safe_open
 from scoft_train.bench import bench_train
 from scoft_train.cli import build_parser, main
 from scoft_train.cli.common import read_prompts
+from scoft_train.cli.train import train_config_from_args
 from scoft_train.sample_data import CCUB_DEMO_DIR
 
 FAST = ["--grad-accum", "1", "--rank", "4", "--alpha", "8", "--contrastive-every", "2", "--denoise-steps", "2",
@@ -77,9 +78,24 @@ def test_bad_config_key_is_reported_and_writes_nothing(tmp_path, caplog):
 
 def test_bench_reports_ratios_and_breakdown():
     result = bench_train(steps=1, warmup=0, threads=2)
-    assert result.plain > 0 and result.scoft_branch > result.scoft_no_branch > 0
+    assert result.plain > 0 and result.branch[20] > result.branch[1] > result.scoft_no_branch > 0
+    assert result.amortised("reference (paper)") > result.amortised("fast (train --fast)") > result.scoft_no_branch
     report = result.report()
     assert "amortised" in report and "VAE decode" in report and "backward" in report
+    assert "fast (train --fast)    S=1   N=20" in report and "reference (paper)      S=20  N=10" in report
+
+
+def test_fast_selects_the_cheaper_branch_and_explicit_settings_win(tmp_path):
+    def config(*extra, file=None):
+        argv = ["train", "--data", str(CCUB_DEMO_DIR), "--out", str(tmp_path / "out"), *extra]
+        return train_config_from_args(build_parser().parse_args(argv + (["--config", str(file)] if file else [])))
+
+    assert (config().denoise_steps, config().contrastive_every) == (20, 10)  # the paper's
+    assert (config("--fast").denoise_steps, config("--fast").contrastive_every) == (1, 20)
+    assert config("--fast", "--denoise-steps", "3").denoise_steps == 3
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"contrastive_every": 7}))
+    assert (config("--fast", file=settings).contrastive_every, config("--fast", file=settings).denoise_steps) == (7, 1)
 
 
 def test_prompts_file_with_bom_and_crlf_gives_clean_prompts(tmp_path):
