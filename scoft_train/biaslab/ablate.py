@@ -12,6 +12,8 @@ that no training loss ever loads.
    same sampling seeds for every row and score every image with every scorer
    (scoring.py). Each (row, seed) unit is saved under units/ as it finishes, so a killed
    run resumes where it stopped.
+   `biaslab branch` trains FT, FT+MPC and FT+MPC with cheaper decoded branches
+   (BRANCH_ROWS: fewer denoising steps, rarer) the same way: their cost and effect.
 4. RS-Corrector (rs_rows.py): a sweep of its settings on validation prompts, then the
    best setting on the test prompts, one prior per training seed.
 5. results.json (with provenance), results.md rendered from it (ablation_report.py),
@@ -65,9 +67,22 @@ ROWS = {
     "FT+MPC": ("FT+MPC", "biaslab-ssl"),
     CIRCULAR: ("FT+MPC", "biaslab-judge"),
 }
-# paired differences reported (minority stereotype rate): each loss added, the method against FT and base
+# FT+MPC (label-free) with a cheaper decoded-generation branch, for `biaslab branch`:
+# row -> (denoise steps S, branch every N steps); S = 1 is the one-step x0 estimate from z_t.
+BRANCH_ROWS = {
+    "FT+MPC, S=1": (1, 5),
+    "FT+MPC, S=1, every 10": (1, 10),
+    "FT+MPC, S=1, every 20": (1, 20),
+}
+# paired differences reported (minority stereotype rate): each loss added, the method against FT and base,
+# each cheaper branch against FT and against FT+MPC (those whose rows ran)
 DIFFERENCES = [("FT+MPC", "FT"), ("FT+MPC", BASE), ("FT", BASE), ("FT+M", "FT"), ("FT+MP", "FT+M"), ("FT+MPC", "FT+MP"),
-               (CIRCULAR, "FT+MPC"), (RS_ROW, BASE)]
+               (CIRCULAR, "FT+MPC"), (RS_ROW, BASE),
+               *((row, other) for row in BRANCH_ROWS for other in ("FT", "FT+MPC"))]
+
+
+# AblateConfig fields that choose which units a run makes, not what a unit holds
+PER_RUN_FIELDS = ("seeds", "rows", "rs_corrector")
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,8 @@ class AblateConfig:
     """Budgets of the ablation (defaults: the shipped run; `quick()`: CI)."""
 
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # LoRA training seeds (and RS-Corrector prior seeds)
+    rows: tuple[str, ...] = tuple(ROWS)  # trained rows, from ROWS and BRANCH_ROWS
+    rs_corrector: bool = True  # also the RS-Corrector sweep and its row
     sample_seed: int = 0  # sampling seeds, negatives and the RS-Corrector sweep: the same for every row
     steps: int = 400  # LoRA optimizer steps per row
     batch_size: int = 4
@@ -97,6 +114,19 @@ class AblateConfig:
     rs_eta: tuple[float, ...] = (0.05, 0.15)  # sweep: RMS move per gradient step
     rs_validation_samples: int = 4  # x 12 validation prompts
 
+    def __post_init__(self):
+        unknown = [row for row in self.rows if row not in ROWS and row not in BRANCH_ROWS]
+        if unknown or not self.rows:
+            raise ValueError(f"unknown ablation rows {unknown}; choose from {[*ROWS, *BRANCH_ROWS]}")
+
+    @classmethod
+    def branch(cls, quick: bool = False) -> AblateConfig:
+        """`biaslab branch`: FT, FT+MPC and the cheaper branches (BRANCH_ROWS) on the ablation's budgets
+        (or quick ones), 3 training seeds, no RS-Corrector. Its units are the ablation's (same budgets,
+        same prompts and sampling seeds), so both can share one run folder."""
+        base = cls.quick() if quick else cls(seeds=(0, 1, 2))
+        return dataclasses.replace(base, rows=("FT", "FT+MPC", *BRANCH_ROWS), rs_corrector=False)
+
     @classmethod
     def quick(cls, seeds: tuple[int, ...] = (0, 1)) -> AblateConfig:
         return cls(seeds=tuple(seeds), steps=2, batch_size=2, contrastive_every=1, denoise_steps=2, negatives_k=1,
@@ -117,14 +147,16 @@ def slug(name: str) -> str:
 
 
 def training_plan(c: AblateConfig, weights_dir: Path, seed: int) -> dict[str, TrainConfig]:
-    """row -> its TrainConfig for training seed `seed`."""
+    """row -> its TrainConfig for training seed `seed`, for each of `c.rows`."""
     plan = {}
-    for row, (preset, space) in ROWS.items():
+    for row in c.rows:
+        preset, space = ROWS.get(row, ("FT+MPC", "biaslab-ssl"))
+        denoise_steps, every = BRANCH_ROWS.get(row, (c.denoise_steps, c.contrastive_every))
         weights = str(weights_dir / ("judge" if space == "biaslab-judge" else SSL))
         plan[row] = TrainConfig(
             preset=preset, steps=c.steps, batch_size=c.batch_size, grad_accum=1, lr=c.lr,
             warmup_steps=max(1, c.steps // 20), rank=c.rank, alpha=float(c.rank), seed=seed,
-            contrastive_every=c.contrastive_every, denoise_steps=c.denoise_steps, cfg=c.cfg, checkpoint_every=0,
+            contrastive_every=every, denoise_steps=denoise_steps, cfg=c.cfg, checkpoint_every=0,
             perceptual_backbone=space, perceptual_weights=weights, contrastive_backbone=space,
             contrastive_weights=weights,
         )
@@ -179,11 +211,11 @@ def _score_unit(scorers: Scorers, images: torch.Tensor, prompts, training: torch
     return {**verdicts, "images": pixels, "metrics": metrics}
 
 
-def _prepare_ccub(out_dir: Path, ccub_dir: Path, bundle, weights_dir: Path, c: AblateConfig, on_step) -> Path:
+def _prepare_ccub(run_dir: Path, ccub_dir: Path, bundle, weights_dir: Path, c: AblateConfig, on_step) -> Path:
     """The fine-tuning CCUB copy: held-out cells removed, negatives generated (kept on resume)."""
-    ccub = out_dir / "ccub"
+    ccub = run_dir / "ccub"
     if not (ccub / "metadata.jsonl").is_file():
-        staging = out_dir / "ccub.partial"
+        staging = run_dir / "ccub.partial"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(ccub_dir, staging)
         removed = remove_cells(staging)
@@ -192,22 +224,25 @@ def _prepare_ccub(out_dir: Path, ccub_dir: Path, bundle, weights_dir: Path, c: A
     settings = NegativeSettings(k=c.negatives_k, seed=c.sample_seed, steps=c.sample_steps, cfg=c.cfg, batch_size=50,
                                 resolution=RESOLUTION)
     generate_negatives(bundle, load_world_controlnet(weights_dir, device=str(bundle.device)), ccub,
-                       depth_from_dataset(), settings, on_step=on_step, preview=out_dir / "negatives_preview.png")
+                       depth_from_dataset(), settings, on_step=on_step, preview=run_dir / "negatives_preview.png")
     return ccub
 
 
 def ablate(out_dir: str | os.PathLike, config: AblateConfig = AblateConfig(), weights_dir: str | os.PathLike = WEIGHTS_DIR,
            ccub_dir: str | os.PathLike = BIASLAB_CCUB_DIR, device: str = "cpu",
-           on_step: OnStep | None = None) -> AblateResult:
-    """Run (or resume) the whole ablation in `out_dir`."""
+           on_step: OnStep | None = None, run_dir: str | os.PathLike | None = None) -> AblateResult:
+    """Run (or resume) the whole ablation: results and images in `out_dir`; the CCUB copy with its
+    negatives, the LoRAs and the (row, seed) units in `run_dir` (default `out_dir`), which runs with
+    the same budgets share."""
     out_dir, weights_dir, c = Path(out_dir), Path(weights_dir), config
+    run_dir = out_dir if run_dir is None else Path(run_dir)
     start = time.perf_counter()
     for seed in c.seeds:
         check_independent(training_plan(c, weights_dir, seed), weights_dir, allowed=(CIRCULAR,))
     bundle = load_world(weights_dir, device=device)
     scorers = load_scorers(weights_dir, device)
-    units = Units(out_dir / "units", {k: v for k, v in dataclasses.asdict(c).items() if k != "seeds"})
-    ccub = _prepare_ccub(out_dir, Path(ccub_dir), bundle, weights_dir, c, on_step)
+    units = Units(run_dir / "units", {k: v for k, v in dataclasses.asdict(c).items() if k not in PER_RUN_FIELDS})
+    ccub = _prepare_ccub(run_dir, Path(ccub_dir), bundle, weights_dir, c, on_step)
     dataset = load_ccub(ccub, resolution=RESOLUTION)
     negatives = torch.cat([dataset[i]["negatives"] for i in range(len(dataset))]).to(device)
     negatives_stereotype = scorers.stereotype(negatives)
@@ -232,7 +267,7 @@ def ablate(out_dir: str | os.PathLike, config: AblateConfig = AblateConfig(), we
                 continue
             log.info("training %s, seed %d", row, seed)
             lap = time.perf_counter()
-            folder = out_dir / "loras" / f"{slug(row)}_seed{seed}"
+            folder = run_dir / "loras" / f"{slug(row)}_seed{seed}"
             trainer = SCoFTTrainer(bundle, dataset, train_config, folder)
             history = trainer.train(on_step)
             lora = trainer.export_lora(folder.with_suffix(".safetensors"))
@@ -243,21 +278,23 @@ def ablate(out_dir: str | os.PathLike, config: AblateConfig = AblateConfig(), we
             units.save(row, seed, _score_unit(scorers, images, prompts, training, real, seconds,
                                               {"train_seconds": train_seconds}, c.sample_seed))
 
-    sweep = rs_sweep(bundle, ccub, scorers, c, units.folder / "rs_sweep.json", device)
-    best = sweep["best"]
-    for seed in c.seeds:
-        if units.load(RS_ROW, seed) is None:
-            images, seconds, prior_info = rs_test_samples(bundle, ccub, [p[0] for p in prompts], best, c, seed, device)
-            units.save(RS_ROW, seed, _score_unit(scorers, images, prompts, training, real, seconds,
-                                                 {"prior": prior_info}, c.sample_seed))
+    sweep = None
+    if c.rs_corrector:
+        sweep = rs_sweep(bundle, ccub, scorers, c, units.folder / "rs_sweep.json", device)
+        for seed in c.seeds:
+            if units.load(RS_ROW, seed) is None:
+                images, seconds, prior_info = rs_test_samples(bundle, ccub, [p[0] for p in prompts], sweep["best"], c,
+                                                              seed, device)
+                units.save(RS_ROW, seed, _score_unit(scorers, images, prompts, training, real, seconds,
+                                                     {"prior": prior_info}, c.sample_seed))
 
-    rows = [BASE, *ROWS, RS_ROW]
+    rows = [BASE, *c.rows, *([RS_ROW] if c.rs_corrector else [])]
     loaded = {row: {None: units.load(BASE, None)} if row == BASE else {s: units.load(row, s) for s in c.seeds}
               for row in rows}
     reference = copy_calibration(bundle.vae, ccub_images, training, real, c.sample_seed)
-    record = aggregate(loaded, prompts, c.samples_per_prompt, DIFFERENCES)
+    record = aggregate(loaded, prompts, c.samples_per_prompt, [(a, b) for a, b in DIFFERENCES if a in rows and b in rows])
     record.update({
-        "title": "Bias-lab ablation",
+        "title": "Bias-lab ablation" if c.rs_corrector else "Bias-lab decoded-branch cost and effect",
         "rows": {row: _row_description(row, weights_dir) for row in rows},
         "held_out_cells": [list(cell) for cell in HELD_OUT_CELLS],
         "ccub_images_fine_tuned": len(dataset),
@@ -284,7 +321,10 @@ def _row_description(row: str, weights_dir: Path) -> dict:
         return {"trained": False, "feature_space": None, "circular": False}
     if row == RS_ROW:
         return {"trained": False, "feature_space": "RS-Corrector prior (world UNet encoder)", "circular": False}
-    preset, space = ROWS[row]
+    preset, space = ROWS.get(row, ("FT+MPC", "biaslab-ssl"))
     folder = "judge" if space == "biaslab-judge" else SSL
-    return {"trained": True, "preset": preset, "feature_space": space, "circular": row == CIRCULAR,
-            "feature_weights": f"{weights_dir.name}/{folder}"}
+    description = {"trained": True, "preset": preset, "feature_space": space, "circular": row == CIRCULAR,
+                   "feature_weights": f"{weights_dir.name}/{folder}"}
+    if row in BRANCH_ROWS:
+        description["denoise_steps"], description["contrastive_every"] = BRANCH_ROWS[row]
+    return description

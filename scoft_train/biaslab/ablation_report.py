@@ -160,18 +160,60 @@ def render_markdown(record: dict) -> str:
     out.append(_table(["scorers", "agreement", "Cohen's kappa"],
                       [[name, f"{v['agreement']:.3f}", f"{v['kappa']:.3f}"]
                        for name, v in record["scorer_agreement_stereotype"].items()]))
+    if any("denoise_steps" in info for info in record["rows"].values()):
+        out.extend(_branch_section(record))
     sweep = record["rs_corrector_sweep"]
-    out.append(f"## RS-Corrector sweep (validation prompts, {sweep['samples']} samples, read by the "
-               f"{sweep['selected_by']}; chosen: lowest stereotype rate with fidelity within "
-               f"{sweep['fidelity_slack']} of uncorrected)\n")
+    if sweep is not None:
+        out.extend(_sweep_section(sweep))
+    out.append("## Notes\n")
+    out.extend(f"- {note}" for note in _notes(record))
+    return "\n".join(out) + "\n"
+
+
+def _branch_section(record: dict) -> list[str]:
+    """Cost and effect of the decoded-generation branch settings: training seconds against FT (the
+    same process, one after another) and the minority stereotype rate's reduction against FT."""
+    c, rates, times = record["provenance"]["config"], record["rates"], record["image_metrics"]
+    scorer = record["independent_scorers"][0]
+
+    def rate(row: str) -> float:
+        return rates[row]["all"][f"{scorer}/stereotype"]["minority"]["mean"]
+
+    full = rate("FT") - rate("FT+MPC")
+    rows = []
+    for row, info in record["rows"].items():
+        branch_row = "denoise_steps" in info
+        if not info.get("trained") or info.get("circular") or (row not in ("FT", "FT+MPC") and not branch_row):
+            continue
+        steps, every = ((info["denoise_steps"], info["contrastive_every"]) if branch_row
+                        else (c["denoise_steps"], c["contrastive_every"]) if row != "FT" else ("-", "-"))
+        cut = rate("FT") - rate(row)
+        share = f"{cut / full:.0%}" if row != "FT" and full > 0 else "-"
+        rows.append([row, str(steps), str(every), f"{times[row]['train_seconds']['mean']:.0f}",
+                     f"{times[row]['train_seconds']['mean'] / times['FT']['train_seconds']['mean']:.2f}x",
+                     _interval(rates, row, "all", f"{scorer}/stereotype"), f"{cut:+.3f}", share])
+    return [
+        f"## Decoded-branch settings: cost and effect ({SCORER_TITLES[scorer]}, all prompts)\n",
+        "Training seconds are means over seeds of each unit's recorded wall time, so they carry the machine's "
+        "load at the time (`bench train` measures clean step ratios side by side); x FT is the ratio to plain "
+        "LoRA training (FT). Reduction = FT's rate minus the row's; share = that "
+        "reduction over FT+MPC's (noisy where FT+MPC's own lead over FT does not hold: see the paired "
+        "differences).\n",
+        _table(["row", "denoise steps S", "branch every", "training s", "x FT", "minority stereotype rate",
+                "reduction vs FT", "share of FT+MPC's"], rows),
+    ]
+
+
+def _sweep_section(sweep: dict) -> list[str]:
+    out = [f"## RS-Corrector sweep (validation prompts, {sweep['samples']} samples, read by the "
+           f"{sweep['selected_by']}; chosen: lowest stereotype rate with fidelity within "
+           f"{sweep['fidelity_slack']} of uncorrected)\n"]
     out.append(_table(["last K", "M", "eta", "stereotype (validation)", "fidelity (validation)", "seconds per image"],
                       [[str(s["last_k"]), str(s["m_steps"]), f"{s['eta']:g}", f"{s['validation_stereotype']:.3f}",
                         f"{s['validation_fidelity']:.3f}", f"{s['seconds_per_image']:.4f}"]
                        for s in sweep["settings"]]))
     out.append(f"Chosen: {sweep['best']}. K = 0 is uncorrected sampling.\n")
-    out.append("## Notes\n")
-    out.extend(f"- {note}" for note in _notes(record))
-    return "\n".join(out) + "\n"
+    return out
 
 
 def _notes(record: dict) -> list[str]:

@@ -1,4 +1,4 @@
-"""`biaslab pretrain|scorers|ablate|memorization|spurious|sfsl`: the bias lab's commands (scoft_train/biaslab)."""
+"""`biaslab pretrain|scorers|ablate|branch|memorization|spurious|sfsl`: the bias lab's commands (scoft_train/biaslab)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,15 @@ def cmd_ablate(args) -> int:
     from ..biaslab.ablate import AblateConfig, ablate
 
     return _measurement(args, "ablate", ablate, AblateConfig.quick() if args.quick else AblateConfig())
+
+
+def cmd_branch(args) -> int:
+    from ..biaslab.ablate import AblateConfig, ablate
+
+    def run(out, config, **kwargs):
+        return ablate(out, config, run_dir=args.run, **kwargs)
+
+    return _measurement(args, "branch", run, AblateConfig.branch(quick=args.quick))
 
 
 def cmd_memorization(args) -> int:
@@ -133,6 +142,23 @@ def register(verbs) -> None:
                      help="LoRA training seeds, comma-separated (default 0,1,2,3,4; --quick: 0,1)")
     abl.add_argument("--quick", action="store_true", help="a few steps and samples (CI): numbers are not meaningful")
     abl.set_defaults(func=cmd_ablate)
+    branch = what.add_parser("branch", help="cost and effect of cheaper decoded branches: FT, FT+MPC and FT+MPC with "
+                                             "fewer denoising steps or a rarer branch, over training seeds",
+                             description="The ablation's negatives, budgets, prompts and independent scorers for FT, "
+                                         "FT+MPC and the cheaper branch rows; training seconds side by side, rates "
+                                         "with intervals and paired differences, results.json + results.md in OUT. "
+                                         "The negatives, LoRAs and finished (row, seed) units live in RUN, shared "
+                                         "with `biaslab ablate --out RUN`: what either made is reused.")
+    branch.add_argument("--out", type=Path, default=Path("outputs/biaslab/branch"), help="results folder")
+    branch.add_argument("--run", type=Path, default=None,
+                        help="run folder of a `biaslab ablate` with the same budgets (e.g. outputs/biaslab/ablation) "
+                             "whose units to reuse and extend (default: OUT)")
+    branch.add_argument("--weights", type=Path, default=WEIGHTS_DIR, help="folder with the lab's artefacts "
+                                                                          "(default: the shipped ones)")
+    branch.add_argument("--seeds", type=_seed_list, default=None,
+                        help="LoRA training seeds, comma-separated (default 0,1,2; --quick: 0,1)")
+    branch.add_argument("--quick", action="store_true", help="a few steps and samples (CI): numbers are not meaningful")
+    branch.set_defaults(func=cmd_branch)
     mem = what.add_parser("memorization", help="FT vs FT+M where memorization can move: few CCUB images, many steps",
                           description="A small CCUB copy, FT and FT+M LoRAs per training seed, every training caption "
                                       "sampled; the share of samples that copy a training image, with intervals.")
@@ -178,7 +204,7 @@ def register(verbs) -> None:
     for parser in (spur, sfsl):
         parser.add_argument("--weights", type=Path, default=WEIGHTS_DIR,
                             help="folder with world/ (and, for sfsl, spurious/); default: the shipped artefacts")
-    for parser in (pre, abl, mem, sco, spur, sfsl):
+    for parser in (pre, abl, branch, mem, sco, spur, sfsl):
         parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
         parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice); "
                             "on a shared, oversubscribed machine 1 is often fastest")

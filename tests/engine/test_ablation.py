@@ -14,7 +14,7 @@ import torch
 
 from scoft_train.assets import BIASLAB_CCUB_DIR, WEIGHTS_DIR
 from scoft_train.biaslab import ablation_report, memorization
-from scoft_train.biaslab.ablate import CIRCULAR, ROWS, AblateConfig, training_plan
+from scoft_train.biaslab.ablate import BRANCH_ROWS, CIRCULAR, ROWS, AblateConfig, training_plan
 from scoft_train.biaslab.artefacts import load_world
 from scoft_train.biaslab.corpus import (
     CCUB_TEMPLATES, CULTURE_TEMPLATES, GENERIC_TEMPLATES, balanced_specs, ccub_examples, render_arrays, web_corpus,
@@ -56,6 +56,7 @@ def _fresh(vae, count: int, seed: int):
 
 def test_no_headline_row_trains_against_a_scorer():
     for seed in AblateConfig().seeds:
+        check_independent(training_plan(AblateConfig.branch(), WEIGHTS_DIR, seed), WEIGHTS_DIR)
         plan = training_plan(AblateConfig(), WEIGHTS_DIR, seed)
         check_independent(plan, WEIGHTS_DIR, allowed=(CIRCULAR,))
         with pytest.raises(ValueError, match="never load the evaluator"):
@@ -195,10 +196,34 @@ def test_ablate_resumes_from_finished_units(quick_ablation, caplog):
     assert main(["biaslab", "ablate", "--quick", "--out", str(quick_ablation), "--threads", "2"]) == 0
     assert {p: p.stat().st_mtime_ns for p in units} == stamps, "finished units must not be redone"
     plan = quick_ablation / "units" / "plan.json"
-    changed = json.loads(plan.read_text()) | {"steps": 999}
-    plan.write_text(json.dumps(changed))
-    assert main(["biaslab", "ablate", "--quick", "--out", str(quick_ablation)]) != 0
-    assert "holds units of another configuration" in caplog.text
+    recorded = plan.read_text()
+    plan.write_text(json.dumps(json.loads(recorded) | {"steps": 999}))
+    try:
+        assert main(["biaslab", "ablate", "--quick", "--out", str(quick_ablation)]) != 0
+        assert "holds units of another configuration" in caplog.text
+    finally:
+        plan.write_text(recorded)
+
+
+def test_branch_quick_reuses_the_ablation_units_and_times_each_branch_setting(quick_ablation, tmp_path, caplog):
+    shared = {p: p.stat().st_mtime_ns for p in (quick_ablation / "units").glob("*.npz")}
+    out = tmp_path / "branch"
+    caplog.set_level("INFO")
+    assert main(["biaslab", "branch", "--quick", "--seeds", "0", "--out", str(out), "--run", str(quick_ablation),
+                 "--threads", "2"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in shared} == shared, "the ablation's units are reused, not redone"
+    assert "training FT, seed 0" not in caplog.text and "training FT+MPC, S=1, every 20, seed 0" in caplog.text
+    assert (quick_ablation / "units" / "FT_MPC_S_1_every_20_seed0.npz").is_file() and not (out / "units").exists()
+    record = json.loads((out / "results.json").read_text())
+    assert list(record["rates"]) == ["base", "FT", "FT+MPC", *BRANCH_ROWS] and record["rs_corrector_sweep"] is None
+    for row, (steps, every) in BRANCH_ROWS.items():
+        assert (record["rows"][row]["denoise_steps"], record["rows"][row]["contrastive_every"]) == (steps, every)
+        assert {f"{row} − FT", f"{row} − FT+MPC"} <= set(record["differences"])
+        assert record["image_metrics"][row]["train_seconds"]["mean"] > 0
+    table = (out / "results.md").read_text()
+    assert table == ablation_report.render_markdown(record)
+    assert "Decoded-branch settings: cost and effect" in table and "RS-Corrector sweep" not in table
+    assert "| FT+MPC, S=1, every 20 | 1 | 20 |" in table and "| FT | - | - |" in table
 
 
 def test_memorization_quick_records_rates_and_renders(tmp_path):
