@@ -4,7 +4,8 @@ their widget labels. `arrange` places the nodes (used when the UI files are rege
 `.venv/bin/python -m tests.host.test_ui_workflows`).
 
 Geometry follows LiteGraph (the canvas of ComfyUI's frontend): a node's box is `pos` to `pos + size`
-plus the title bar above `pos`; input slot i sits at (x + 10, y + (i + 0.7) * 20), output slot j at
+plus the title bar above `pos`, and for our nodes the source badge ("comfyui-scoft") that newer
+frontends draw above the title (it would cover the last widget of a node stacked right above); input slot i sits at (x + 10, y + (i + 0.7) * 20), output slot j at
 (x + width - 10, y + (j + 0.7) * 20); a link is the cubic spline LiteGraph draws between them
 (control points a quarter of their distance out horizontally), checked as 32 straight pieces.
 """
@@ -20,7 +21,8 @@ from .helpers import REPO_ROOT
 
 WORKFLOWS = REPO_ROOT / "workflows"
 NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
-TITLE_HEIGHT, SLOT_HEIGHT, SLOT_INSET = 30, 20, 10
+TITLE_HEIGHT, BADGE_HEIGHT, SLOT_HEIGHT, SLOT_INSET = 30, 30, 20, 10
+STACK_GAP = 20  # between a node's bottom and the top of the box of the next one in its column
 PIECES = 32
 GAP_X, MIN_WIDTH, SEED_HEIGHT = 80, 400, 82
 # {workflow: {node id: (column, y)}}: shared inputs and loaders in column 0; the training node low in its
@@ -61,8 +63,14 @@ def arrange(name: str, graph: dict, api: dict) -> dict:
     for node_id, (column, _) in PLACES[name].items():
         widths[column] = max(widths.get(column, 0.0), nodes[node_id]["size"][0])
     left = {column: 40 + sum(widths[c] + GAP_X for c in range(column)) for column in widths}
-    for node_id, (column, y) in PLACES[name].items():
-        nodes[node_id]["pos"] = [left[column], y]
+    bottom: dict[int, float] = {}
+    for node_id, (column, y) in sorted(PLACES[name].items(), key=lambda item: item[1]):
+        node = nodes[node_id]
+        node["pos"] = [left[column], y]
+        clash = bottom.get(column, -math.inf) + STACK_GAP - box(node)[1]
+        if clash > 0:  # moved down below the node above it, badge included
+            node["pos"][1] += clash
+        bottom[column] = box(node)[3]
     return graph
 
 
@@ -71,10 +79,11 @@ def load(name: str) -> dict:
 
 
 def box(node: dict) -> tuple[float, float, float, float]:
-    """(left, top, right, bottom) including the title bar."""
+    """(left, top, right, bottom) including the title bar, and the source badge of our nodes."""
     x, y = node["pos"]
     w, h = node["size"]
-    return x, y - TITLE_HEIGHT, x + w, y + h
+    badge = BADGE_HEIGHT if node["type"].startswith("SCoFT") else 0
+    return x, y - TITLE_HEIGHT - badge, x + w, y + h
 
 
 def slot(node: dict, index: int, output: bool) -> tuple[float, float]:
