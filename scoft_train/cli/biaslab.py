@@ -116,6 +116,13 @@ def cmd_sfsl(args) -> int:
     return _measurement(args, "sfsl", sfsl_lab, SFSLLabConfig.quick() if args.quick else SFSLLabConfig())
 
 
+def _seeded(parser, what: str, default: str) -> None:
+    """--seeds and --quick of a measurement verb (see _measurement)."""
+    parser.add_argument("--seeds", type=_seed_list, default=None,
+                        help=f"{what}, comma-separated (default {default}; --quick: 0,1)")
+    parser.add_argument("--quick", action="store_true", help="a few steps and samples (CI): numbers are not meaningful")
+
+
 def register(verbs) -> None:
     """The `biaslab` verb with `pretrain`, `scorers`, `ablate`, `memorization`, `spurious` and `sfsl`."""
     biaslab = verbs.add_parser("biaslab", help="the bias lab: a synthetic culture world to measure SCoFT without humans")
@@ -138,9 +145,7 @@ def register(verbs) -> None:
     abl.add_argument("--weights", type=Path, default=WEIGHTS_DIR,
                      help="folder with world/, controlnet/, judge/, second_judge/, rules.json and ssl/ "
                           "(default: the shipped artefacts)")
-    abl.add_argument("--seeds", type=_seed_list, default=None,
-                     help="LoRA training seeds, comma-separated (default 0,1,2,3,4; --quick: 0,1)")
-    abl.add_argument("--quick", action="store_true", help="a few steps and samples (CI): numbers are not meaningful")
+    _seeded(abl, "LoRA training seeds", "0,1,2,3,4")
     abl.set_defaults(func=cmd_ablate)
     branch = what.add_parser("branch", help="cost and effect of cheaper decoded branches: FT, FT+MPC and FT+MPC with "
                                              "fewer denoising steps or a rarer branch, over training seeds",
@@ -151,22 +156,18 @@ def register(verbs) -> None:
                                          "with `biaslab ablate --out RUN`: what either made is reused.")
     branch.add_argument("--out", type=Path, default=Path("outputs/biaslab/branch"), help="results folder")
     branch.add_argument("--run", type=Path, default=None,
-                        help="run folder of a `biaslab ablate` with the same budgets (e.g. outputs/biaslab/ablation) "
+                        help="run folder of a `biaslab ablate` with the same budgets (e.g. outputs/biaslab/ablate) "
                              "whose units to reuse and extend (default: OUT)")
     branch.add_argument("--weights", type=Path, default=WEIGHTS_DIR, help="folder with the lab's artefacts "
                                                                           "(default: the shipped ones)")
-    branch.add_argument("--seeds", type=_seed_list, default=None,
-                        help="LoRA training seeds, comma-separated (default 0,1,2; --quick: 0,1)")
-    branch.add_argument("--quick", action="store_true", help="a few steps and samples (CI): numbers are not meaningful")
+    _seeded(branch, "LoRA training seeds", "0,1,2")
     branch.set_defaults(func=cmd_branch)
     mem = what.add_parser("memorization", help="FT vs FT+M where memorization can move: few CCUB images, many steps",
                           description="A small CCUB copy, FT and FT+M LoRAs per training seed, every training caption "
                                       "sampled; the share of samples that copy a training image, with intervals.")
     mem.add_argument("--out", type=Path, default=Path("outputs/biaslab/memorization"), help="run folder")
     mem.add_argument("--weights", type=Path, default=WEIGHTS_DIR, help="folder with world/ (default: shipped)")
-    mem.add_argument("--seeds", type=_seed_list, default=None,
-                     help="LoRA training seeds, comma-separated (default 0,1,2; --quick: 0,1)")
-    mem.add_argument("--quick", action="store_true", help="a few steps and samples (CI): numbers are not meaningful")
+    _seeded(mem, "LoRA training seeds", "0,1,2")
     mem.set_defaults(func=cmd_memorization)
     sco = what.add_parser("scorers", help="train the second judge and the label-free encoder, calibrate the rules",
                           description="The ablation's independent scorers (second judge, rule-based scorer) and the "
@@ -196,9 +197,7 @@ def register(verbs) -> None:
                                        "(independent) and the oracle; per-seed rows, bootstrap intervals and the "
                                        "paired difference. Finished seeds in OUT are reused.")
     sfsl.add_argument("--out", type=Path, default=Path("outputs/biaslab/sfsl"), help="run folder")
-    sfsl.add_argument("--seeds", type=_seed_list, default=None,
-                      help="training seeds, comma-separated (default 0,1,2,3,4; --quick: 0,1)")
-    sfsl.add_argument("--quick", action="store_true", help="a few steps and samples (CI): numbers are not meaningful")
+    _seeded(sfsl, "training seeds", "0,1,2,3,4")
     sfsl.set_defaults(func=cmd_sfsl)
     spur.add_argument("--seed", type=int, default=0, help="seed of the data, training and sampling")
     for parser in (spur, sfsl):
