@@ -70,6 +70,8 @@ ROWS = {
 # FT+MPC (label-free) with a cheaper decoded-generation branch, for `biaslab branch`:
 # row -> (denoise steps S, branch every N steps); S = 1 is the one-step x0 estimate from z_t.
 BRANCH_ROWS = {
+    "FT+MPC, S=4": (4, 5),
+    "FT+MPC, S=4, every 10": (4, 10),
     "FT+MPC, S=1": (1, 5),
     "FT+MPC, S=1, every 10": (1, 10),
     "FT+MPC, S=1, every 20": (1, 20),
