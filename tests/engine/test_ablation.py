@@ -34,6 +34,7 @@ from scoft_train.cli import main
 from scoft_train.features import build_feature_distance
 
 ABLATION_DIR = WEIGHTS_DIR / "ablation"
+BRANCH_DIR = WEIGHTS_DIR / "branch"
 MEMORIZATION_DIR = WEIGHTS_DIR / "memorization"
 
 
@@ -236,6 +237,7 @@ def test_memorization_quick_records_rates_and_renders(tmp_path):
 
 
 @pytest.mark.parametrize("folder, render", [(ABLATION_DIR, ablation_report.render_markdown),
+                                            (BRANCH_DIR, ablation_report.render_markdown),
                                             (MEMORIZATION_DIR, memorization.render_markdown)])
 def test_shipped_results_md_is_rendered_from_shipped_results_json(folder, render):
     record = json.loads((folder / "results.json").read_text())
