@@ -32,9 +32,9 @@ def _point(name: str) -> tuple[int, int]:
 # branch settings timed: name -> (denoise steps S, branch every N steps)
 BRANCH_POINTS = {
     "reference (paper)": _point("reference"),
-    "S=4, every 10": (4, 10),
-    "S=1, every 10": (1, 10),
     "fast (train --fast)": _point("fast"),
+    "S=1, every 10": (1, 10),
+    "S=1, every 20": (1, 20),
 }
 
 

@@ -31,8 +31,8 @@ def _add_train_config_args(parser: argparse.ArgumentParser) -> None:
     fast = BRANCH_SETTINGS["fast"]
     group.add_argument("--fast", action="store_true",
                        help=f"the cheaper decoded-generation branch: --denoise-steps {fast['denoise_steps']} "
-                            f"--contrastive-every {fast['contrastive_every']} (a one-step x0 estimate, half as often as "
-                            "the paper's); either, given on the command line or in --config, overrides it. README: "
+                            f"--contrastive-every {fast['contrastive_every']} (fewer denoising steps in the branch, as often "
+                            "as the paper's); either, given on the command line or in --config, overrides it. README: "
                             "its measured cost and effect")
 
 

@@ -82,7 +82,7 @@ def test_bench_reports_ratios_and_breakdown():
     assert result.amortised("reference (paper)") > result.amortised("fast (train --fast)") > result.scoft_no_branch
     report = result.report()
     assert "amortised" in report and "VAE decode" in report and "backward" in report
-    assert "fast (train --fast)    S=1   N=20" in report and "reference (paper)      S=20  N=10" in report
+    assert "fast (train --fast)    S=4   N=10" in report and "reference (paper)      S=20  N=10" in report
 
 
 def test_fast_selects_the_cheaper_branch_and_explicit_settings_win(tmp_path):
@@ -91,11 +91,11 @@ def test_fast_selects_the_cheaper_branch_and_explicit_settings_win(tmp_path):
         return train_config_from_args(build_parser().parse_args(argv + (["--config", str(file)] if file else [])))
 
     assert (config().denoise_steps, config().contrastive_every) == (20, 10)  # the paper's
-    assert (config("--fast").denoise_steps, config("--fast").contrastive_every) == (1, 20)
+    assert (config("--fast").denoise_steps, config("--fast").contrastive_every) == (4, 10)
     assert config("--fast", "--denoise-steps", "3").denoise_steps == 3
     settings = tmp_path / "settings.json"
     settings.write_text(json.dumps({"contrastive_every": 7}))
-    assert (config("--fast", file=settings).contrastive_every, config("--fast", file=settings).denoise_steps) == (7, 1)
+    assert (config("--fast", file=settings).contrastive_every, config("--fast", file=settings).denoise_steps) == (7, 4)
 
 
 def test_prompts_file_with_bom_and_crlf_gives_clean_prompts(tmp_path):
