@@ -148,11 +148,16 @@ def slug(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch == "-" else "_" for ch in name).strip("_").replace("__", "_")
 
 
+def _preset_and_space(row: str) -> tuple[str, str]:
+    """(preset, L_P/L_C feature space) of a trained row; the BRANCH_ROWS are FT+MPC, label-free."""
+    return ROWS.get(row, ROWS["FT+MPC"])
+
+
 def training_plan(c: AblateConfig, weights_dir: Path, seed: int) -> dict[str, TrainConfig]:
     """row -> its TrainConfig for training seed `seed`, for each of `c.rows`."""
     plan = {}
     for row in c.rows:
-        preset, space = ROWS.get(row, ("FT+MPC", "biaslab-ssl"))
+        preset, space = _preset_and_space(row)
         denoise_steps, every = BRANCH_ROWS.get(row, (c.denoise_steps, c.contrastive_every))
         weights = str(weights_dir / ("judge" if space == "biaslab-judge" else SSL))
         plan[row] = TrainConfig(
@@ -323,7 +328,7 @@ def _row_description(row: str, weights_dir: Path) -> dict:
         return {"trained": False, "feature_space": None, "circular": False}
     if row == RS_ROW:
         return {"trained": False, "feature_space": "RS-Corrector prior (world UNet encoder)", "circular": False}
-    preset, space = ROWS.get(row, ("FT+MPC", "biaslab-ssl"))
+    preset, space = _preset_and_space(row)
     folder = "judge" if space == "biaslab-judge" else SSL
     description = {"trained": True, "preset": preset, "feature_space": space, "circular": row == CIRCULAR,
                    "feature_weights": f"{weights_dir.name}/{folder}"}

@@ -171,8 +171,8 @@ def render_markdown(record: dict) -> str:
 
 
 def _branch_section(record: dict) -> list[str]:
-    """Cost and effect of the decoded-generation branch settings: training seconds against FT (the
-    same process, one after another) and the minority stereotype rate's reduction against FT."""
+    """Cost and effect of the decoded-generation branch settings: each unit's recorded training seconds
+    against FT's, and the minority stereotype rate's reduction against FT."""
     c, rates, times = record["provenance"]["config"], record["rates"], record["image_metrics"]
     scorer = record["independent_scorers"][0]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -52,10 +53,7 @@ def cmd_ablate(args) -> int:
 def cmd_branch(args) -> int:
     from ..biaslab.ablate import AblateConfig, ablate
 
-    def run(out, config, **kwargs):
-        return ablate(out, config, run_dir=args.run, **kwargs)
-
-    return _measurement(args, "branch", run, AblateConfig.branch(quick=args.quick))
+    return _measurement(args, "branch", functools.partial(ablate, run_dir=args.run), AblateConfig.branch(quick=args.quick))
 
 
 def cmd_memorization(args) -> int:

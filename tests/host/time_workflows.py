@@ -49,7 +49,7 @@ def time_workflow(path: Path, workdir: Path, loras: Path) -> dict:
     finally:
         stop_comfy_host(host)
     return {"workflow": path.name, "seconds": round(seconds, 1), "exit_code": result.returncode,
-            "outputs": len(result.stdout.split()), "stderr_tail": result.stderr[-800:]}
+            "outputs": len(result.stdout.splitlines()), "stderr_tail": result.stderr[-800:]}
 
 
 def main(argv: list[str] | None = None) -> int:
