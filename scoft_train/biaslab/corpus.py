@@ -38,6 +38,7 @@ CCUB_TEMPLATES = ("a {concept} in {culture}", "a traditional {culture} {concept}
 HELD_OUT_TEMPLATES = ("a {concept} in {culture}", "a photo of a {culture} {concept}")
 CCUB_SEED_OFFSET = 7_000_000
 REAL_SEED_OFFSET = 9_000_000
+CELL_SEED_OFFSET = 11_000_000
 
 
 @dataclass(frozen=True)
@@ -141,4 +142,13 @@ def authentic_renders(count: int, seed: int) -> torch.Tensor:
     cells = [(name, concept) for name in CULTURE_NAMES for concept in CONCEPTS]
     specs = [SceneSpec(cells[i % len(cells)][1], cells[i % len(cells)][0], False, i % 4 == 0, seed + REAL_SEED_OFFSET + i)
              for i in range(count)]
+    return torch.from_numpy(render_arrays(specs)[0]).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def cell_renders(cells: list[tuple[str, str, bool]], per_cell: int, seed: int) -> torch.Tensor:
+    """`per_cell` fresh authentic scenes of each (concept, culture, dusk) cell in turn,
+    [len(cells) * per_cell, 3, 32, 32] in [-1, 1]: what the world draws of those cells
+    when nothing is copied (the memorization stress's null)."""
+    specs = [SceneSpec(concept, name, False, dusk, seed + CELL_SEED_OFFSET + i * per_cell + k)
+             for i, (concept, name, dusk) in enumerate(cells) for k in range(per_cell)]
     return torch.from_numpy(render_arrays(specs)[0]).permute(0, 3, 1, 2).float() / 127.5 - 1

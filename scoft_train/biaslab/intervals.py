@@ -59,7 +59,7 @@ def excludes_zero(interval: dict) -> bool:
     return interval["low"] > 0 or interval["high"] < 0
 
 
-def format_interval(interval: dict, signed: bool = False) -> str:
+def format_interval(interval: dict, signed: bool = False, digits: int = 2) -> str:
     """"0.42 [0.35, 0.49]" (signed: "+0.12 [+0.03, +0.21]")."""
-    spec = "+.2f" if signed else ".2f"
+    spec = f"{'+' if signed else ''}.{digits}f"
     return f"{interval['mean']:{spec}} [{interval['low']:{spec}}, {interval['high']:{spec}}]"

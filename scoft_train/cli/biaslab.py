@@ -165,7 +165,7 @@ def register(verbs) -> None:
                                       "sampled; the share of samples that copy a training image, with intervals.")
     mem.add_argument("--out", type=Path, default=Path("outputs/biaslab/memorization"), help="run folder")
     mem.add_argument("--weights", type=Path, default=WEIGHTS_DIR, help="folder with world/ (default: shipped)")
-    _seeded(mem, "LoRA training seeds", "0,1,2")
+    _seeded(mem, "LoRA training seeds", "0,1,2,3,4")
     mem.set_defaults(func=cmd_memorization)
     sco = what.add_parser("scorers", help="train the second judge and the label-free encoder, calibrate the rules",
                           description="The ablation's independent scorers (second judge, rule-based scorer) and the "

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from scoft_train.assets import BIASLAB_CCUB_DIR, WEIGHTS_DIR
-from scoft_train.biaslab import ablation_report, memorization
+from scoft_train.biaslab import ablation_report, corpus, memorization
 from scoft_train.biaslab.ablate import BRANCH_ROWS, CIRCULAR, ROWS, AblateConfig, training_plan
 from scoft_train.biaslab.artefacts import load_world
 from scoft_train.biaslab.corpus import (
@@ -31,6 +32,7 @@ from scoft_train.biaslab.second_judge import ARCH, load_second_judge
 from scoft_train.biaslab.training import round_trip
 from scoft_train.biaslab.world import MINORITY
 from scoft_train.cli import main
+from scoft_train.data import load_ccub
 from scoft_train.features import build_feature_distance
 
 ABLATION_DIR = WEIGHTS_DIR / "ablation"
@@ -231,9 +233,34 @@ def test_memorization_quick_records_rates_and_renders(tmp_path):
     out = tmp_path / "memorization"
     assert main(["biaslab", "memorization", "--quick", "--out", str(out), "--threads", "2"]) == 0
     record = json.loads((out / "results.json").read_text())
-    assert set(record["rates"]) == {"base", "FT", "FT+M"} and "FT+M − FT" in record["differences"]
+    assert set(record["readings"]) == {"copy", "near_copy", "distance"}
+    for reading in record["readings"].values():
+        assert set(reading["rates"]) == {"base", "FT", "FT+M"} and "FT+M − FT" in reading["differences"]
     assert record["training_images"] == 5 and record["provenance"]["seeds"] == [0, 1]
+    distances = record["sample_distances"]["FT"]["1"]
+    assert len(distances) == 5 * 2 and record["readings"]["distance"]["per_seed"]["FT"]["1"] == pytest.approx(
+        sum(distances) / len(distances), abs=1e-4)
+    calibration = record["calibration"]
+    assert calibration["null_renders"] == 5 * 4 and calibration["null_min"] <= calibration["near_copy_threshold"]
     assert (out / "results.md").read_text() == memorization.render_markdown(record)
+
+
+def test_near_copy_threshold_flags_at_most_its_share_of_the_null_and_is_set_by_the_cells_redraws(tmp_path):
+    null = torch.linspace(0.1, 0.3, 200)
+    threshold = memorization.near_copy_threshold(null, 0.01)
+    assert (null < threshold).float().mean() <= 0.01 and (null <= threshold).float().mean() > 0.01
+    redraws = corpus.cell_renders([("house", "Velmora", False), ("meal", "Tisharu", True)], 3, seed=0)
+    assert redraws.shape == (6, 3, 32, 32) and redraws.min() >= -1 and redraws.max() <= 1
+    assert not torch.equal(redraws[0], redraws[1])
+
+
+def test_memorization_refuses_a_ccub_that_is_not_in_the_lab_layout(tmp_path):
+    folder = tmp_path / "ccub"
+    (folder / "images").mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(folder / "images" / "holiday.png")
+    (folder / "metadata.jsonl").write_text(json.dumps({"file_name": "images/holiday.png", "text": "a house"}) + "\n")
+    with pytest.raises(ValueError, match="holiday.png: not a bias-lab CCUB image"):
+        memorization.training_cells(load_ccub(folder, resolution=32))
 
 
 @pytest.mark.parametrize("folder, render", [(ABLATION_DIR, ablation_report.render_markdown),
