@@ -43,7 +43,7 @@ from ..plot import save_history_json
 from ..progress import OnStep
 from ..sampling import sample_tensor
 from ..trainer import SCoFTTrainer
-from .ablation_report import aggregate, render_markdown, write_images
+from .ablation_report import BASE, aggregate, render_markdown, write_images
 from .artefacts import load_world, load_world_controlnet
 from .corpus import authentic_renders
 from .metrics import copy_calibration, diversity, kid, memorization_rate
@@ -57,7 +57,6 @@ from .world import RESOLUTION
 
 log = logging.getLogger(__name__)
 
-BASE = "base"
 CIRCULAR = "FT+MPC (judge features)"
 # row -> (preset, feature space of L_P / L_C)
 ROWS = {

@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .intervals import difference_interval, excludes_zero, format_interval, rate_interval
+from .intervals import cut_interval, difference_interval, excludes_zero, format_interval, rate_interval
 from .prompt_sets import TEST_SETS
 from .report import comparison_grid, example_grid
 from .scoring import DEVELOPMENT, INDEPENDENT, SCORER_TITLES, agreement
 from .world import MINORITY
 
+BASE = "base"
 SETS = (*TEST_SETS, "all")
 VERDICTS = ("stereotype", "relevant", "faithful")
 IMAGE_METRICS = ("memorization", "diversity", "kid", "seconds_per_image", "train_seconds")
@@ -72,6 +73,11 @@ def aggregate(loaded: dict[str, dict], prompts: list, per_prompt: int,
                                                _cells(loaded[b], f"{scorer}/{STEREOTYPE}", per_prompt)[:, mask])
                    for scorer in (*INDEPENDENT, DEVELOPMENT)}
             for name in SETS for mask in [masks[(name, "minority")]] if mask.any()}
+    cuts = {row: {name: {scorer: cut_interval(_cells(loaded[row], f"{scorer}/{STEREOTYPE}", per_prompt)[:, mask],
+                                              _cells(loaded[BASE], f"{scorer}/{STEREOTYPE}", per_prompt)[:, mask])
+                         for scorer in INDEPENDENT}
+                  for name in SETS for mask in [masks[(name, "minority")]] if mask.any()}
+            for row in loaded if row != BASE and BASE in loaded}
     pooled = {scorer: np.concatenate([u[f"{scorer}/{STEREOTYPE}"] for units in loaded.values() for u in units.values()])
               for scorer in (*INDEPENDENT, DEVELOPMENT)}
     pairs = [("second_judge", "rules"), ("judge", "second_judge"), ("judge", "rules")]
@@ -82,6 +88,7 @@ def aggregate(loaded: dict[str, dict], prompts: list, per_prompt: int,
         "independent_scorers": list(INDEPENDENT),
         "rates": rates,
         "differences": diffs,
+        "cuts_against_base": cuts,
         "per_seed": per_seed,
         "image_metrics": image_metrics,
         "scorer_agreement_stereotype": {f"{a} vs {b}": agreement(pooled[a], pooled[b]) for a, b in pairs},
@@ -130,6 +137,8 @@ def render_markdown(record: dict) -> str:
             diff_rows.append([name, set_name, *cells, "yes" if holds else "no: interval includes zero"])
     out.append(_table(["difference", "prompts", *(SCORER_TITLES[s] for s in record["independent_scorers"]),
                        "holds"], diff_rows))
+    if "cuts_against_base" in record:
+        out.extend(_cuts_section(record))
     out.append("## Cultural relevance and description fidelity, all prompts (higher is better)\n")
     out.append(_table(["row", "relevance, minority (second judge)", "relevance, minority (rule-based)",
                        "fidelity (second judge)", "stereotype, all cultures (second judge)"],
@@ -170,6 +179,17 @@ def render_markdown(record: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def _cuts_section(record: dict) -> list[str]:
+    """The share of the base model's minority stereotype rate each row removes, with its interval."""
+    scorers = record["independent_scorers"]
+    rows = [[row, name, *(format_interval(by_set[name][s]) if by_set[name][s] else "n/a (base rate 0)" for s in scorers)]
+            for row, by_set in record["cuts_against_base"].items() for name in by_set]
+    return ["## Cut of the minority stereotype rate against base (1 − row / base; 0.60 = a 60% cut)\n",
+            "Paired like the differences: each replicate draws the same seeds and prompts for the row and the base "
+            "model.\n",
+            _table(["row", "prompts", *(SCORER_TITLES[s] for s in scorers)], rows)]
+
+
 def _branch_section(record: dict) -> list[str]:
     """Cost and effect of the decoded-generation branch settings: each unit's recorded training seconds
     against FT's, and the minority stereotype rate's reduction against FT."""
@@ -179,7 +199,7 @@ def _branch_section(record: dict) -> list[str]:
     def rate(row: str) -> float:
         return rates[row]["all"][f"{scorer}/stereotype"]["minority"]["mean"]
 
-    full = rate("FT") - rate("FT+MPC")
+    full = rate("FT") - rate("FT+MPC") if "FT+MPC" in rates else None
     rows = []
     for row, info in record["rows"].items():
         branch_row = "denoise_steps" in info
@@ -188,7 +208,7 @@ def _branch_section(record: dict) -> list[str]:
         steps, every = ((info["denoise_steps"], info["contrastive_every"]) if branch_row
                         else (c["denoise_steps"], c["contrastive_every"]) if row != "FT" else ("-", "-"))
         cut = rate("FT") - rate(row)
-        share = f"{cut / full:.0%}" if row != "FT" and full > 0 else "-"
+        share = f"{cut / full:.0%}" if row != "FT" and full is not None and full > 0 else "-"
         rows.append([row, str(steps), str(every), f"{times[row]['train_seconds']['mean']:.0f}",
                      f"{times[row]['train_seconds']['mean'] / times['FT']['train_seconds']['mean']:.2f}x",
                      _interval(rates, row, "all", f"{scorer}/stereotype"), f"{cut:+.3f}", share])

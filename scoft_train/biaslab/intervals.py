@@ -42,17 +42,34 @@ def rate_interval(cells: np.ndarray, replicates: int = REPLICATES, seed: int = 0
     return _summary(cells.mean(), _replicate_means(cells, seed_draws, prompt_draws))
 
 
-def difference_interval(a: np.ndarray, b: np.ndarray, replicates: int = REPLICATES, seed: int = 0) -> dict:
-    """{"mean", "low", "high"} of rate(a) - rate(b), paired by seed index and prompt;
-    a and b are [S, P] or [1, P] over the same prompts."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+def _paired_replicates(a: np.ndarray, b: np.ndarray, replicates: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Replicate means [R] of a and of b [S, P] (or [1, P]), paired by seed index and prompt."""
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"paired rows need the same prompts: {a.shape[1]} vs {b.shape[1]}")
     if 1 not in (a.shape[0], b.shape[0]) and a.shape[0] != b.shape[0]:
         raise ValueError(f"paired rows need the same seeds (or one seed): {a.shape[0]} vs {b.shape[0]}")
     seed_draws, prompt_draws = _draws((max(a.shape[0], b.shape[0]), a.shape[1]), replicates, seed)
-    diff = _replicate_means(a, seed_draws, prompt_draws) - _replicate_means(b, seed_draws, prompt_draws)
-    return _summary(a.mean() - b.mean(), diff)
+    return _replicate_means(a, seed_draws, prompt_draws), _replicate_means(b, seed_draws, prompt_draws)
+
+
+def difference_interval(a: np.ndarray, b: np.ndarray, replicates: int = REPLICATES, seed: int = 0) -> dict:
+    """{"mean", "low", "high"} of rate(a) - rate(b), paired by seed index and prompt;
+    a and b are [S, P] or [1, P] over the same prompts."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    mean_a, mean_b = _paired_replicates(a, b, replicates, seed)
+    return _summary(a.mean() - b.mean(), mean_a - mean_b)
+
+
+def cut_interval(a: np.ndarray, base: np.ndarray, replicates: int = REPLICATES, seed: int = 0) -> dict | None:
+    """{"mean", "low", "high"} of 1 - rate(a) / rate(base), the share of base's rate that a
+    removes (0.6 = a 60% cut), paired as difference_interval; replicates where base's rate
+    is 0 have no cut and are left out. None where base's rate is 0: nothing to cut."""
+    a, base = np.asarray(a, dtype=float), np.asarray(base, dtype=float)
+    mean_a, mean_base = _paired_replicates(a, base, replicates, seed)
+    kept = mean_base > 0
+    if base.mean() == 0 or not kept.any():
+        return None
+    return _summary(1 - a.mean() / base.mean(), 1 - mean_a[kept] / mean_base[kept])
 
 
 def excludes_zero(interval: dict) -> bool:

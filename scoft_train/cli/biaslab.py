@@ -53,7 +53,10 @@ def cmd_ablate(args) -> int:
 def cmd_branch(args) -> int:
     from ..biaslab.ablate import AblateConfig, ablate
 
-    return _measurement(args, "branch", functools.partial(ablate, run_dir=args.run), AblateConfig.branch(quick=args.quick))
+    config = AblateConfig.branch(quick=args.quick)
+    if args.rows:
+        config = dataclasses.replace(config, rows=tuple(args.rows))
+    return _measurement(args, "branch", functools.partial(ablate, run_dir=args.run), config)
 
 
 def cmd_memorization(args) -> int:
@@ -158,6 +161,10 @@ def register(verbs) -> None:
                              "whose units to reuse and extend (default: OUT)")
     branch.add_argument("--weights", type=Path, default=WEIGHTS_DIR, help="folder with the lab's artefacts "
                                                                           "(default: the shipped ones)")
+    branch.add_argument("--row", dest="rows", action="append", default=None,
+                        help="a row to train (repeat for several; default: FT, FT+MPC and every cheaper branch, "
+                             "as named in results.md), e.g. --row FT --row 'FT+MPC, S=4' to replicate one setting "
+                             "on new seeds")
     _seeded(branch, "LoRA training seeds", "0,1,2")
     branch.set_defaults(func=cmd_branch)
     mem = what.add_parser("memorization", help="FT vs FT+M where memorization can move: few CCUB images, many steps",
