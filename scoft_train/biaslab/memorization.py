@@ -130,7 +130,8 @@ def memorization_stress(out_dir: str | os.PathLike, config: MemorizationConfig =
     dataset = load_ccub(small_ccub(Path(ccub_dir), out_dir / "ccub", c.images_per_culture), resolution=RESOLUTION)
     captions = sorted({record.text for record in dataset.records})
     prompts = [p for p in captions for _ in range(c.samples_per_prompt)]
-    training = round_trip(bundle.vae, torch.stack([dataset[i]["pixel_values"] for i in range(len(dataset))]).to(device))
+    ccub_pixels = torch.stack([dataset[i]["pixel_values"] for i in range(len(dataset))]).to(device)
+    training = round_trip(bundle.vae, ccub_pixels)
 
     null = round_trip(bundle.vae, cell_renders(training_cells(dataset), c.null_per_image, c.sample_seed).to(device))
     null_distances = nearest_distance(null, training)
@@ -156,8 +157,7 @@ def memorization_stress(out_dir: str | os.PathLike, config: MemorizationConfig =
     cells = {reading: {row: np.stack([read(d).astype(float).reshape(len(captions), -1).mean(axis=1) for d in seeds.values()])
                        for row, seeds in per_row.items()} for reading, read in readings.items()}
     real = round_trip(bundle.vae, authentic_renders(c.real_images, c.sample_seed).to(device))
-    calibration = copy_calibration(bundle.vae, torch.stack([dataset[i]["pixel_values"] for i in range(len(dataset))]),
-                                   training, real, c.sample_seed)
+    calibration = copy_calibration(bundle.vae, ccub_pixels, training, real, c.sample_seed)
     calibration.update({"near_copy_threshold": threshold, "null_renders": len(null_distances),
                         "null_median": float(null_distances.median()), "null_min": float(null_distances.min())})
     record = {

@@ -14,14 +14,14 @@ import torch
 from PIL import Image
 
 from scoft_train.assets import BIASLAB_CCUB_DIR, WEIGHTS_DIR
-from scoft_train.biaslab import ablation_report, corpus, memorization
+from scoft_train.biaslab import ablation_report, corpus, memorization, sfsl_lab
 from scoft_train.biaslab.ablate import BRANCH_ROWS, CIRCULAR, ROWS, AblateConfig, training_plan
 from scoft_train.biaslab.artefacts import load_world
 from scoft_train.biaslab.corpus import (
     CCUB_TEMPLATES, CULTURE_TEMPLATES, GENERIC_TEMPLATES, balanced_specs, ccub_examples, render_arrays, web_corpus,
 )
 from scoft_train.biaslab.evaluate import judge_accuracy, labels_of, to_model_range
-from scoft_train.biaslab.intervals import difference_interval, excludes_zero, rate_interval
+from scoft_train.biaslab.intervals import cut_interval, difference_interval, excludes_zero, rate_interval
 from scoft_train.biaslab.prompt_sets import (
     HELD_OUT_CELLS, UNSEEN_TEMPLATES, VALIDATION_TEMPLATES, evaluation_prompts, validation_prompts,
 )
@@ -115,6 +115,18 @@ def test_intervals_cover_the_spread_and_pair_differences():
     assert excludes_zero(difference_interval(lower, noisy)) and difference_interval(lower, noisy)["high"] < 0
     base = rng.random((1, 40))
     assert difference_interval(noisy, base)["mean"] == pytest.approx(noisy.mean() - base.mean())
+
+
+def test_cut_interval_is_the_share_of_the_base_rate_removed_paired_by_prompt():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.5, 1.0, (1, 40))
+    exact = cut_interval(0.4 * np.repeat(base, 5, axis=0), base)
+    assert exact == {"mean": pytest.approx(0.6), "low": pytest.approx(0.6), "high": pytest.approx(0.6)}
+    noisy = np.clip(0.4 * base + rng.normal(0, 0.1, (5, 40)), 0, 1)
+    interval = cut_interval(noisy, base)
+    assert interval["low"] < 1 - noisy.mean() / base.mean() < interval["high"] and interval["high"] - interval["low"] < 0.2
+    assert cut_interval(base, base)["mean"] == pytest.approx(0) and not excludes_zero(cut_interval(base, base))
+    assert cut_interval(noisy, np.zeros((1, 40))) is None
     with pytest.raises(ValueError, match="same prompts"):
         difference_interval(noisy, rng.random((5, 10)))
 
@@ -227,6 +239,20 @@ def test_branch_quick_reuses_the_ablation_units_and_times_each_branch_setting(qu
     assert table == ablation_report.render_markdown(record)
     assert "Decoded-branch settings: cost and effect" in table and "RS-Corrector sweep" not in table
     assert "| FT+MPC, S=1, every 20 | 1 | 20 |" in table and "| FT | - | - |" in table
+    assert set(record["cuts_against_base"]) == {"FT", "FT+MPC", *BRANCH_ROWS} and "## Cut of the minority" in table
+
+
+def test_branch_rows_pick_what_trains_for_a_replication_on_new_seeds(quick_ablation, tmp_path):
+    out = tmp_path / "replication"
+    assert main(["biaslab", "branch", "--quick", "--seeds", "0", "--row", "FT", "--row", "FT+MPC, S=4", "--out",
+                 str(out), "--run", str(quick_ablation), "--threads", "2"]) == 0
+    record = json.loads((out / "results.json").read_text())
+    assert list(record["rates"]) == ["base", "FT", "FT+MPC, S=4"] and set(record["differences"]) == {
+        "FT − base", "FT+MPC, S=4 − FT"}
+    rate = {row: record["rates"][row]["all"]["second_judge/stereotype"]["minority"]["mean"] for row in record["rates"]}
+    cut = record["cuts_against_base"]["FT+MPC, S=4"]["all"]["second_judge"]
+    assert cut is None if rate["base"] == 0 else cut["mean"] == pytest.approx(1 - rate["FT+MPC, S=4"] / rate["base"])
+    assert (out / "results.md").read_text() == ablation_report.render_markdown(record)
 
 
 def test_memorization_quick_records_rates_and_renders(tmp_path):
@@ -265,7 +291,8 @@ def test_memorization_refuses_a_ccub_that_is_not_in_the_lab_layout(tmp_path):
 
 @pytest.mark.parametrize("folder, render", [(ABLATION_DIR, ablation_report.render_markdown),
                                             (BRANCH_DIR, ablation_report.render_markdown),
-                                            (MEMORIZATION_DIR, memorization.render_markdown)])
+                                            (MEMORIZATION_DIR, memorization.render_markdown),
+                                            (WEIGHTS_DIR / "sfsl", sfsl_lab.render_markdown)])
 def test_shipped_results_md_is_rendered_from_shipped_results_json(folder, render):
     record = json.loads((folder / "results.json").read_text())
     assert (folder / "results.md").read_text() == render(record)
