@@ -311,7 +311,8 @@ def measure_memory_step(step: str, checkpointing: bool, precision: str, resoluti
                         device: str = "cpu", threads: int = 1, denoise_steps: int = 2) -> dict:
     """Memory of one optimizer step (batch 1, grad_accum 1, rank 64) of `step` ("FT" or "FT+MPC
     branch", the decoded-generation branch forced on) in this process: the model, the trainer
-    (its private UNet copy) and the caches are built and warmed first. CPU: resident set before
+    (LoRA layers on a UNet copy that shares the model's weights) and the caches are built and
+    warmed first. CPU: resident set before
     the step and its peak during the step (VmHWM reset just before); CUDA: allocated before and
     torch.cuda.max_memory_allocated during. Bytes, and the step's seconds."""
     torch.set_num_threads(threads)
@@ -361,7 +362,7 @@ class MemoryBench:
         lines = [
             f"bench memory ({self.model}, random weights, {self.resolution} px, batch 1, rank 64, {self.device}; "
             f"one optimizer step per row, each in a fresh process)",
-            f"  memory: {measure}; 'before step' = model + trainer (its UNet copy) + caches, GiB",
+            f"  memory: {measure}; 'before step' = model + trainer (LoRA, weight-sharing UNet copy) + caches, GiB",
             "  " + "  ".join(f"{c:<14}" if i < 3 else f"{c:>11}" for i, c in enumerate(MEMORY_COLUMNS)),
         ]
         for r in self.rows:

@@ -4,7 +4,9 @@ An objective says what the LoRA training loop (loop.py) learns; the loop does th
 It gives the loop:
 - `config`: a `LoopConfig` subclass whose `weight(name)` weighs each loss in the total;
 - `adapted_modules()`: private copies of the modules to train, each carrying our LoRA
-  ({"unet": ...}, and "text_encoder" where the text encoder is trained too);
+  ({"unet": ...}, and "text_encoder" where the text encoder is trained too); the copies
+  share the bundle's frozen weight tensors (`weight_sharing_copy`), so training holds one
+  UNet's weights, not two;
 - `batch()`: one micro-batch, drawn with the loop's generator;
 - `losses(batch)`: every enabled loss of that micro-batch, unweighted, with graph;
 - `warm_caches()`, `dataset_fingerprints()` (part of the run identity), `lora_metadata()`
@@ -26,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import itertools
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Protocol
@@ -66,6 +69,15 @@ def unaugmented(dataset) -> Iterator[dict]:
         yield dataset.get(index, None)
 
 
+def weight_sharing_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `module` whose parameters and buffers are the original's own tensors: it can take
+    its own adapter layers, hooks and flags (train mode, gradient checkpointing) while the
+    original stays as it was, and it costs no weight memory. Its shared weights are frozen
+    (requires_grad False on both) and must never be changed in place (no LoRA merging)."""
+    shared = itertools.chain(module.parameters(), module.buffers())
+    return copy.deepcopy(module, memo={id(tensor): tensor for tensor in shared})
+
+
 @contextlib.contextmanager
 def decoder_checkpointing(vae, enabled: bool) -> Iterator[None]:
     """diffusers' per-block gradient checkpointing of `vae` for the decodes inside (the branch decodes
@@ -98,9 +110,10 @@ class Objective:
 
     # ------------------------------------------------------------ the contract
     def adapted_modules(self) -> dict[str, torch.nn.Module]:
-        """A private copy of the UNet with LoRA on its attention projections (seeded by config.seed)."""
+        """A private, weight-sharing copy of the UNet with LoRA on its attention projections (seeded
+        by config.seed)."""
         c = self.config
-        unet = copy.deepcopy(self.bundle.unet)
+        unet = weight_sharing_copy(self.bundle.unet)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed)
             add_lora(unet, rank=c.rank, alpha=c.alpha)

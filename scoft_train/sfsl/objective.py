@@ -18,14 +18,12 @@ as many class images with the class prompt. Its losses:
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from ..checkpoint import UNRECORDED
 from ..lora import TEXT_ENCODER_TARGETS, add_lora
 from ..losses import diffusion_target, ldm_loss
-from ..objective import Objective, unaugmented
+from ..objective import Objective, unaugmented, weight_sharing_copy
 from .classifier import Classifier, load_classifier, reference_similarity
 from .config import LOSS_NAMES, SFSLConfig
 
@@ -56,7 +54,7 @@ class SFSLObjective(Objective):
         """The UNet's LoRA (seed) and, with train_text_encoder, the text encoder's (seed + 1)."""
         c, modules = self.config, super().adapted_modules()
         if c.train_text_encoder:
-            text_encoder = copy.deepcopy(self.bundle.text_encoder)
+            text_encoder = weight_sharing_copy(self.bundle.text_encoder)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(c.seed + 1)
                 add_lora(text_encoder, rank=c.rank, alpha=c.alpha, targets=TEXT_ENCODER_TARGETS)

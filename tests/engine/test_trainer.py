@@ -67,6 +67,16 @@ def test_bundle_is_not_mutated(tiny_bundle, dataset):
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not any(is_lora(name) for name in after)
+    assert not any(module.training for module in tiny_bundle.unet.modules())
+    assert not getattr(tiny_bundle.unet, "is_gradient_checkpointing", False)
+
+
+def test_trained_unet_shares_the_bundles_weights_instead_of_copying_them(tiny_bundle, dataset):
+    trainer = make_trainer(tiny_bundle, dataset, gradient_checkpointing=True)
+    shared = {p.data_ptr() for p in tiny_bundle.unet.parameters()}
+    base = {p.data_ptr() for n, p in trainer.unet.named_parameters() if not is_lora(n)}
+    assert base == shared, "the trained UNet holds weights of its own beside the bundle's"
+    assert trainer.unet.is_gradient_checkpointing and not tiny_bundle.unet.is_gradient_checkpointing
 
 
 @pytest.mark.parametrize("mode,expected_index", [("first", 0), ("last", 4), ("random", None)])
