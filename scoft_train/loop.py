@@ -186,7 +186,7 @@ class LoRALoop:
         return self.objective.losses(batch)
 
     def _check_finite(self, losses: dict[str, torch.Tensor]) -> None:
-        bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(v)}
+        bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v)}
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
             kept = ckpt.list_checkpoints(self.checkpoint_dir) if self.checkpoint_dir else []
