@@ -312,9 +312,9 @@ def measure_memory_step(step: str, checkpointing: bool, precision: str, resoluti
     """Memory of one optimizer step (batch 1, grad_accum 1, rank 64) of `step` ("FT" or "FT+MPC
     branch", the decoded-generation branch forced on) in this process: the model, the trainer
     (LoRA layers on a UNet copy that shares the model's weights) and the caches are built and
-    warmed first. CPU: resident set before
-    the step and its peak during the step (VmHWM reset just before); CUDA: allocated before and
-    torch.cuda.max_memory_allocated during. Bytes, and the step's seconds."""
+    warmed first. CPU: resident set before the step and its peak during the step (VmHWM reset
+    just before); CUDA: allocated before and torch.cuda.max_memory_allocated during. Bytes,
+    and the step's seconds."""
     torch.set_num_threads(threads)
     bundle = load_tiny_model(device=device) if tiny else random_sd15_bundle(device=device)
     dataset = load_ccub(CCUB_DEMO_DIR, resolution=resolution)

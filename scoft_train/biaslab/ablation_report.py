@@ -73,11 +73,12 @@ def aggregate(loaded: dict[str, dict], prompts: list, per_prompt: int,
                                                _cells(loaded[b], f"{scorer}/{STEREOTYPE}", per_prompt)[:, mask])
                    for scorer in (*INDEPENDENT, DEVELOPMENT)}
             for name in SETS for mask in [masks[(name, "minority")]] if mask.any()}
+    base = {scorer: _cells(loaded[BASE], f"{scorer}/{STEREOTYPE}", per_prompt) for scorer in INDEPENDENT} \
+        if BASE in loaded else {}
     cuts = {row: {name: {scorer: cut_interval(_cells(loaded[row], f"{scorer}/{STEREOTYPE}", per_prompt)[:, mask],
-                                              _cells(loaded[BASE], f"{scorer}/{STEREOTYPE}", per_prompt)[:, mask])
-                         for scorer in INDEPENDENT}
+                                              base[scorer][:, mask]) for scorer in base}
                   for name in SETS for mask in [masks[(name, "minority")]] if mask.any()}
-            for row in loaded if row != BASE and BASE in loaded}
+            for row in loaded if row != BASE and base}
     pooled = {scorer: np.concatenate([u[f"{scorer}/{STEREOTYPE}"] for units in loaded.values() for u in units.values()])
               for scorer in (*INDEPENDENT, DEVELOPMENT)}
     pairs = [("second_judge", "rules"), ("judge", "second_judge"), ("judge", "rules")]

@@ -142,7 +142,7 @@ def authentic_renders(count: int, seed: int) -> torch.Tensor:
     cells = [(name, concept) for name in CULTURE_NAMES for concept in CONCEPTS]
     specs = [SceneSpec(cells[i % len(cells)][1], cells[i % len(cells)][0], False, i % 4 == 0, seed + REAL_SEED_OFFSET + i)
              for i in range(count)]
-    return torch.from_numpy(render_arrays(specs)[0]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return _render_tensor(specs)
 
 
 def cell_renders(cells: list[tuple[str, str, bool]], per_cell: int, seed: int) -> torch.Tensor:
@@ -151,4 +151,9 @@ def cell_renders(cells: list[tuple[str, str, bool]], per_cell: int, seed: int) -
     when nothing is copied (the memorization stress's null)."""
     specs = [SceneSpec(concept, name, False, dusk, seed + CELL_SEED_OFFSET + i * per_cell + k)
              for i, (concept, name, dusk) in enumerate(cells) for k in range(per_cell)]
+    return _render_tensor(specs)
+
+
+def _render_tensor(specs: list[SceneSpec]) -> torch.Tensor:
+    """The images of `specs`, [N, 3, 32, 32] in [-1, 1]."""
     return torch.from_numpy(render_arrays(specs)[0]).permute(0, 3, 1, 2).float() / 127.5 - 1

@@ -115,6 +115,8 @@ def test_intervals_cover_the_spread_and_pair_differences():
     assert excludes_zero(difference_interval(lower, noisy)) and difference_interval(lower, noisy)["high"] < 0
     base = rng.random((1, 40))
     assert difference_interval(noisy, base)["mean"] == pytest.approx(noisy.mean() - base.mean())
+    with pytest.raises(ValueError, match="same prompts"):
+        difference_interval(noisy, rng.random((5, 10)))
 
 
 def test_cut_interval_is_the_share_of_the_base_rate_removed_paired_by_prompt():
@@ -128,7 +130,7 @@ def test_cut_interval_is_the_share_of_the_base_rate_removed_paired_by_prompt():
     assert cut_interval(base, base)["mean"] == pytest.approx(0) and not excludes_zero(cut_interval(base, base))
     assert cut_interval(noisy, np.zeros((1, 40))) is None
     with pytest.raises(ValueError, match="same prompts"):
-        difference_interval(noisy, rng.random((5, 10)))
+        cut_interval(noisy, rng.random((1, 10)))
 
 
 # --- the shipped scorers and the label-free encoder ---
