@@ -62,10 +62,11 @@ def denoise_to_latent(
     alphas = scheduler.alphas_cumprod.to(z_t.device, torch.float32)
     context = torch.cat([uncond, cond])
     kind = scheduler.config.prediction_type
+    dtype = unet.dtype  # read once: diffusers walks every submodule for it
     z = z_t
     for i, step_t in enumerate(timesteps):
         with torch.set_grad_enabled(i == grad_at and torch.is_grad_enabled()):
-            model_in = torch.cat([z, z]).to(unet.dtype)
+            model_in = torch.cat([z, z]).to(dtype)
             out_uncond, out_cond = unet(model_in, step_t, encoder_hidden_states=context).sample.float().chunk(2)
         output = out_uncond + cfg * (out_cond - out_uncond)
         eps, x0 = _split_prediction(output, z, alphas[step_t], kind)

@@ -51,9 +51,10 @@ class LatentEncoder:
 
     def __call__(self, latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         unet = self.unet
-        sample = latents.to(unet.device, unet.dtype)
-        context = self.context.expand(sample.shape[0], -1, -1)
-        emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timesteps.to(unet.device)))
+        context = self.context  # on the UNet's device, in its dtype (diffusers walks every submodule for `dtype`)
+        sample = latents.to(context.device, context.dtype)
+        context = context.expand(sample.shape[0], -1, -1)
+        emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timesteps.to(context.device)))
         if unet.time_embed_act is not None:
             emb = unet.time_embed_act(emb)
         sample = unet.conv_in(sample)
