@@ -36,7 +36,7 @@ import torch
 
 from ..assets import BIASLAB_CCUB_DIR, WEIGHTS_DIR
 from ..atomic import atomic_path, atomic_write_text
-from ..config import TrainConfig
+from ..config import LossWeights, TrainConfig
 from ..data import load_ccub
 from ..negatives import NegativeSettings, depth_from_dataset, generate_negatives
 from ..plot import save_history_json
@@ -67,13 +67,17 @@ ROWS = {
     CIRCULAR: ("FT+MPC", "biaslab-judge"),
 }
 # FT+MPC (label-free) with a cheaper decoded-generation branch, for `biaslab branch`:
-# row -> (denoise steps S, branch every N steps); S = 1 is the one-step x0 estimate from z_t.
+# row -> (denoise steps S, branch every N steps, factor on the L_P and L_C weights); S = 1 is the one-step x0
+# estimate from z_t. A rarer branch with a larger factor keeps the branch's total weight over training.
 BRANCH_ROWS = {
-    "FT+MPC, S=4": (4, 5),
-    "FT+MPC, S=4, every 10": (4, 10),
-    "FT+MPC, S=1": (1, 5),
-    "FT+MPC, S=1, every 10": (1, 10),
-    "FT+MPC, S=1, every 20": (1, 20),
+    "FT+MPC, S=4": (4, 5, 1.0),
+    "FT+MPC, S=4, every 10": (4, 10, 1.0),
+    "FT+MPC, S=1": (1, 5, 1.0),
+    "FT+MPC, S=1, every 10": (1, 10, 1.0),
+    "FT+MPC, S=1, every 20": (1, 20, 1.0),
+    "FT+MPC, S=2": (2, 5, 1.0),
+    "FT+MPC, S=4, every 10, L_P/L_C x2": (4, 10, 2.0),
+    "FT+MPC, S=4, every 20, L_P/L_C x4": (4, 20, 4.0),
 }
 # paired differences reported (minority stereotype rate): each loss added, the method against FT and base,
 # each cheaper branch against FT and against FT+MPC (those whose rows ran)
@@ -157,9 +161,12 @@ def training_plan(c: AblateConfig, weights_dir: Path, seed: int) -> dict[str, Tr
     plan = {}
     for row in c.rows:
         preset, space = _preset_and_space(row)
-        denoise_steps, every = BRANCH_ROWS.get(row, (c.denoise_steps, c.contrastive_every))
+        denoise_steps, every, factor = BRANCH_ROWS.get(row, (c.denoise_steps, c.contrastive_every, 1.0))
         weights = str(weights_dir / ("judge" if space == "biaslab-judge" else SSL))
+        reference = LossWeights()
         plan[row] = TrainConfig(
+            weights=dataclasses.replace(reference, perceptual=factor * reference.perceptual,
+                                        contrastive=factor * reference.contrastive),
             preset=preset, steps=c.steps, batch_size=c.batch_size, grad_accum=1, lr=c.lr,
             warmup_steps=max(1, c.steps // 20), rank=c.rank, alpha=float(c.rank), seed=seed,
             contrastive_every=every, denoise_steps=denoise_steps, cfg=c.cfg, checkpoint_every=0,
@@ -332,5 +339,8 @@ def _row_description(row: str, weights_dir: Path) -> dict:
     description = {"trained": True, "preset": preset, "feature_space": space, "circular": row == CIRCULAR,
                    "feature_weights": f"{weights_dir.name}/{folder}"}
     if row in BRANCH_ROWS:
-        description["denoise_steps"], description["contrastive_every"] = BRANCH_ROWS[row]
+        steps, every, factor = BRANCH_ROWS[row]
+        description.update(denoise_steps=steps, contrastive_every=every)
+        if factor != 1.0:
+            description["branch_weight_factor"] = factor
     return description

@@ -69,6 +69,16 @@ def test_no_headline_row_trains_against_a_scorer():
                 assert config.contrastive_backbone == "biaslab-ssl" and Path(config.contrastive_weights).name == SSL
 
 
+def test_a_branch_row_sets_its_branch_and_scales_only_the_branch_losses():
+    branch = training_plan(AblateConfig.branch(), WEIGHTS_DIR, 0)
+    for row, (steps, every, factor) in BRANCH_ROWS.items():
+        weights, reference = branch[row].weights, branch["FT+MPC"].weights
+        assert (branch[row].denoise_steps, branch[row].contrastive_every) == (steps, every)
+        assert (weights.perceptual, weights.contrastive) == pytest.approx(
+            (factor * reference.perceptual, factor * reference.contrastive))
+        assert (weights.ldm, weights.mem) == (reference.ldm, reference.mem)
+
+
 @pytest.mark.parametrize("target", [SECOND_JUDGE, "judge"])
 def test_a_loss_pointing_at_a_scoring_network_is_refused(target):
     plan = training_plan(AblateConfig(), WEIGHTS_DIR, 0)
@@ -233,14 +243,16 @@ def test_branch_quick_reuses_the_ablation_units_and_times_each_branch_setting(qu
     assert (quick_ablation / "units" / "FT_MPC_S_1_every_20_seed0.npz").is_file() and not (out / "units").exists()
     record = json.loads((out / "results.json").read_text())
     assert list(record["rates"]) == ["base", "FT", "FT+MPC", *BRANCH_ROWS] and record["rs_corrector_sweep"] is None
-    for row, (steps, every) in BRANCH_ROWS.items():
+    for row, (steps, every, factor) in BRANCH_ROWS.items():
         assert (record["rows"][row]["denoise_steps"], record["rows"][row]["contrastive_every"]) == (steps, every)
+        assert record["rows"][row].get("branch_weight_factor", 1.0) == factor
         assert {f"{row} − FT", f"{row} − FT+MPC"} <= set(record["differences"])
         assert record["image_metrics"][row]["train_seconds"]["mean"] > 0
     table = (out / "results.md").read_text()
     assert table == ablation_report.render_markdown(record)
     assert "Decoded-branch settings: cost and effect" in table and "RS-Corrector sweep" not in table
-    assert "| FT+MPC, S=1, every 20 | 1 | 20 |" in table and "| FT | - | - |" in table
+    assert "| FT+MPC, S=1, every 20 | 1 | 20 | x1 |" in table and "| FT | - | - | - |" in table
+    assert "| FT+MPC, S=4, every 20, L_P/L_C x4 | 4 | 20 | x4 |" in table
     assert set(record["cuts_against_base"]) == {"FT", "FT+MPC", *BRANCH_ROWS} and "## Cut of the minority" in table
 
 
