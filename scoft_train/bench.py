@@ -1,7 +1,8 @@
 """`python -m scoft_train bench train`: plain LoRA step vs SCoFT (FT+MPC) steps, side by side.
 
-Both run in one process on the embedded tiny model and the sample CCUB folder; each
-variant gets warm-up steps, then the median of timed optimizer steps (grad_accum 1).
+Both run in one process on the embedded tiny model (or, `sd15`, the full SD 1.5 architecture
+with random weights) and the sample CCUB folder; each variant gets warm-up steps, then the
+median of timed optimizer steps (grad_accum 1).
 The SCoFT step is timed without the decoded-generation branch and with it, once per
 branch length S; the amortised cost of a branch setting (S, every N) spreads its branch
 step over N steps as training does. The breakdown splits the reference branch step into
@@ -40,6 +41,7 @@ BRANCH_POINTS = {
 
 @dataclass
 class TrainBench:
+    model: str  # what was timed: "tiny model, 64 px" or "SD 1.5 architecture, 128 px"
     plain: float
     scoft_no_branch: float
     branch: dict[int, float]  # denoise steps S -> seconds of a step with the branch
@@ -52,7 +54,7 @@ class TrainBench:
 
     def report(self) -> str:
         lines = [
-            "bench train (tiny model, 64 px, batch 1, median seconds per optimizer step)",
+            f"bench train ({self.model}, batch 1, median seconds per optimizer step)",
             f"  plain LoRA step (FT)              {self.plain:.4f} s",
             f"  FT+MPC step without branch        {self.scoft_no_branch:.4f} s  "
             f"({self.scoft_no_branch / self.plain:.2f}x)",
@@ -87,6 +89,11 @@ class _UNetTimer:
         self.timings[key] += time.perf_counter() - self.start
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _median_step(trainer: SCoFTTrainer, steps: int, warmup: int, branch: bool, denoise_steps: int = 20) -> float:
     every = 1 if branch else 1_000_000  # the largest contrastive_every: step 1 never runs the branch
     trainer.warm_caches()
@@ -97,21 +104,37 @@ def _median_step(trainer: SCoFTTrainer, steps: int, warmup: int, branch: bool, d
     times = []
     for _ in range(steps):
         trainer.step = 0 if branch else 1
+        _synchronize(trainer.device)
         start = time.perf_counter()
         trainer.train_step()
+        _synchronize(trainer.device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def bench_train(steps: int = 5, warmup: int = 2, threads: int = 2) -> TrainBench:
+def bench_train(steps: int = 5, warmup: int = 2, threads: int = 2, sd15: bool = False, resolution: int | None = None,
+                device: str = "cpu") -> TrainBench:
+    """`sd15`: the full SD 1.5 architecture with random weights at `resolution` (default 128 on CPU, 512 on
+    CUDA) instead of the tiny model at its 64 px; the losses' networks are the real architectures too (LPIPS
+    on a random VGG16 trunk), so the ratios are those of a real-size step, up to the weights' values."""
+    if resolution is not None and not sd15:
+        raise ValueError("bench train: --resolution applies to --sd15 only (the tiny model is 64 px)")
     torch.set_num_threads(threads)
-    bundle = load_tiny_model()
-    dataset = load_ccub(CCUB_DEMO_DIR, resolution=bundle.resolution)
+    if sd15:
+        bundle = random_sd15_bundle(device=device)
+        resolution = resolution or (128 if torch.device(device).type == "cpu" else 512)
+        model = f"SD 1.5 architecture, random weights, {resolution} px, {device}"
+    else:
+        bundle = load_tiny_model(device=device)
+        resolution = bundle.resolution
+        model = f"tiny model, {resolution} px, {device}"
+    dataset = load_ccub(CCUB_DEMO_DIR, resolution=resolution)
     common = dict(steps=10**6, grad_accum=1, rank=8, alpha=8.0, allow_random_backbone=True, lr_schedule="constant")
     plain = SCoFTTrainer(bundle, dataset, TrainConfig(preset="FT", **common))
     scoft = SCoFTTrainer(bundle, dataset, TrainConfig(preset="FT+MPC", **common))
     reference_steps = BRANCH_POINTS["reference (paper)"][0]
     result = TrainBench(
+        model=model,
         plain=_median_step(plain, steps, warmup, branch=False),
         scoft_no_branch=_median_step(scoft, steps, warmup, branch=False),
         branch={s: _median_step(scoft, steps, warmup, branch=True, denoise_steps=s)

@@ -121,12 +121,18 @@ class LoRALoop:
 
     @contextlib.contextmanager
     def timed(self, name: str):
-        """Adds the block's wall time to `timings[name]` while `profile` is on."""
+        """Adds the block's wall time to `timings[name]` while `profile` is on (on CUDA, synchronized at
+        both ends, so the time is the block's own kernels)."""
         if not self.profile:
             yield
             return
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
         start = time.perf_counter()
         yield
+        if cuda:
+            torch.cuda.synchronize(self.device)
         self.timings[name] += time.perf_counter() - start
 
     def warm_caches(self) -> None:

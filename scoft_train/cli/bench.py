@@ -10,7 +10,8 @@ import json
 def cmd_bench_train(args) -> int:
     from ..bench import bench_train
 
-    print(bench_train(steps=args.repeats, warmup=args.warmup, threads=args.threads).report())
+    print(bench_train(steps=args.repeats, warmup=args.warmup, threads=args.threads, sd15=args.sd15,
+                      resolution=args.resolution, device=args.device).report())
     return 0
 
 
@@ -57,9 +58,15 @@ def register(verbs) -> None:
     """The `bench` verb with `train`, `negatives`, `rscorrector`, `memory` and `distributed`."""
     bench = verbs.add_parser("bench", help="benchmarks (side-by-side ratios in one run)")
     what = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
-    train = what.add_parser("train", help="plain LoRA step vs FT+MPC step on the tiny model")
+    train = what.add_parser("train", help="plain LoRA step vs FT+MPC steps (tiny model, or --sd15)")
     train.add_argument("--repeats", type=int, default=5, help="timed steps per variant (median)")
     train.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps")
+    train.add_argument("--sd15", action="store_true",
+                       help="the full SD 1.5 architecture with random weights (no download) instead of the tiny "
+                            "model: real-size ratios; on CPU use --repeats 1 --warmup 1 (minutes per branch step)")
+    train.add_argument("--resolution", type=int, default=None,
+                       help="image side with --sd15 (default 128 on CPU, 512 on CUDA)")
+    train.add_argument("--device", default="cpu", help="cpu or cuda")
     train.set_defaults(func=cmd_bench_train)
     negatives = what.add_parser("negatives", help="batched negatives generation vs one pipeline call per image")
     negatives.add_argument("--k", type=int, default=2, help="negatives per sample image (8 images)")

@@ -83,6 +83,12 @@ def test_bench_reports_ratios_and_breakdown():
     report = result.report()
     assert "amortised" in report and "VAE decode" in report and "backward" in report
     assert "fast (train --fast)    S=4   N=10" in report and "reference (paper)      S=20  N=10" in report
+    assert report.startswith("bench train (tiny model, 64 px, cpu, batch 1")
+
+
+def test_bench_train_resolution_is_for_the_sd15_architecture_only(caplog):
+    assert main(["bench", "train", "--resolution", "128"]) == 2
+    assert "--resolution applies to --sd15 only" in caplog.text
 
 
 def test_fast_selects_the_cheaper_branch_and_explicit_settings_win(tmp_path):
