@@ -30,6 +30,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -66,18 +67,30 @@ ROWS = {
     "FT+MPC": ("FT+MPC", "biaslab-ssl"),
     CIRCULAR: ("FT+MPC", "biaslab-judge"),
 }
-# FT+MPC (label-free) with a cheaper decoded-generation branch, for `biaslab branch`:
-# row -> (denoise steps S, branch every N steps, factor on the L_P and L_C weights); S = 1 is the one-step x0
-# estimate from z_t. A rarer branch with a larger factor keeps the branch's total weight over training.
+
+
+class BranchRow(NamedTuple):
+    """A cheaper decoded-generation branch of FT+MPC (label-free): S denoising steps, the branch every N
+    steps, a factor on the L_P and L_C weights (a rarer branch with a larger factor keeps the branch's total
+    weight over training), and whether L_M (one no-grad UNet call per step) stays."""
+
+    denoise_steps: int
+    every: int
+    factor: float = 1.0
+    memorization: bool = True
+
+
+# the rows of `biaslab branch`; S = 1 is the one-step x0 estimate from z_t
 BRANCH_ROWS = {
-    "FT+MPC, S=4": (4, 5, 1.0),
-    "FT+MPC, S=4, every 10": (4, 10, 1.0),
-    "FT+MPC, S=1": (1, 5, 1.0),
-    "FT+MPC, S=1, every 10": (1, 10, 1.0),
-    "FT+MPC, S=1, every 20": (1, 20, 1.0),
-    "FT+MPC, S=2": (2, 5, 1.0),
-    "FT+MPC, S=4, every 10, L_P/L_C x2": (4, 10, 2.0),
-    "FT+MPC, S=4, every 20, L_P/L_C x4": (4, 20, 4.0),
+    "FT+MPC, S=4": BranchRow(4, 5),
+    "FT+MPC, S=4, every 10": BranchRow(4, 10),
+    "FT+MPC, S=1": BranchRow(1, 5),
+    "FT+MPC, S=1, every 10": BranchRow(1, 10),
+    "FT+MPC, S=1, every 20": BranchRow(1, 20),
+    "FT+MPC, S=2": BranchRow(2, 5),
+    "FT+MPC, S=4, every 10, L_P/L_C x2": BranchRow(4, 10, 2.0),
+    "FT+MPC, S=4, every 20, L_P/L_C x4": BranchRow(4, 20, 4.0),
+    "FT+PC, S=4 (no L_M)": BranchRow(4, 5, memorization=False),
 }
 # paired differences reported (minority stereotype rate): each loss added, the method against FT and base,
 # each cheaper branch against FT and against FT+MPC (those whose rows ran)
@@ -161,12 +174,14 @@ def training_plan(c: AblateConfig, weights_dir: Path, seed: int) -> dict[str, Tr
     plan = {}
     for row in c.rows:
         preset, space = _preset_and_space(row)
-        denoise_steps, every, factor = BRANCH_ROWS.get(row, (c.denoise_steps, c.contrastive_every, 1.0))
+        branch = BRANCH_ROWS.get(row, BranchRow(c.denoise_steps, c.contrastive_every))
+        denoise_steps, every, factor = branch.denoise_steps, branch.every, branch.factor
         weights = str(weights_dir / ("judge" if space == "biaslab-judge" else SSL))
         reference = LossWeights()
         plan[row] = TrainConfig(
             weights=dataclasses.replace(reference, perceptual=factor * reference.perceptual,
-                                        contrastive=factor * reference.contrastive),
+                                        contrastive=factor * reference.contrastive,
+                                        mem=reference.mem if branch.memorization else 0.0),
             preset=preset, steps=c.steps, batch_size=c.batch_size, grad_accum=1, lr=c.lr,
             warmup_steps=max(1, c.steps // 20), rank=c.rank, alpha=float(c.rank), seed=seed,
             contrastive_every=every, denoise_steps=denoise_steps, cfg=c.cfg, checkpoint_every=0,
@@ -339,8 +354,10 @@ def _row_description(row: str, weights_dir: Path) -> dict:
     description = {"trained": True, "preset": preset, "feature_space": space, "circular": row == CIRCULAR,
                    "feature_weights": f"{weights_dir.name}/{folder}"}
     if row in BRANCH_ROWS:
-        steps, every, factor = BRANCH_ROWS[row]
-        description.update(denoise_steps=steps, contrastive_every=every)
-        if factor != 1.0:
-            description["branch_weight_factor"] = factor
+        branch = BRANCH_ROWS[row]
+        description.update(denoise_steps=branch.denoise_steps, contrastive_every=branch.every)
+        if branch.factor != 1.0:
+            description["branch_weight_factor"] = branch.factor
+        if not branch.memorization:
+            description["memorization_loss"] = False
     return description

@@ -202,6 +202,7 @@ def _branch_section(record: dict) -> list[str]:
 
     full = rate("FT") - rate("FT+MPC") if "FT+MPC" in rates else None
     factors = any("branch_weight_factor" in info for info in record["rows"].values())
+    dropped_mem = any(info.get("memorization_loss") is False for info in record["rows"].values())
     rows = []
     for row, info in record["rows"].items():
         branch_row = "denoise_steps" in info
@@ -212,7 +213,8 @@ def _branch_section(record: dict) -> list[str]:
         cut = rate("FT") - rate(row)
         share = f"{cut / full:.0%}" if row != "FT" and full is not None and full > 0 else "-"
         factor = [f"x{info.get('branch_weight_factor', 1.0):g}" if row != "FT" else "-"] if factors else []
-        rows.append([row, str(steps), str(every), *factor, f"{times[row]['train_seconds']['mean']:.0f}",
+        mem = [("off" if info.get("memorization_loss") is False else "on") if row != "FT" else "-"] if dropped_mem else []
+        rows.append([row, str(steps), str(every), *factor, *mem, f"{times[row]['train_seconds']['mean']:.0f}",
                      f"{times[row]['train_seconds']['mean'] / times['FT']['train_seconds']['mean']:.2f}x",
                      _interval(rates, row, "all", f"{scorer}/stereotype"), f"{cut:+.3f}", share])
     return [
@@ -222,7 +224,8 @@ def _branch_section(record: dict) -> list[str]:
         "LoRA training (FT). Reduction = FT's rate minus the row's; share = that "
         "reduction over FT+MPC's (noisy where FT+MPC's own lead over FT does not hold: see the paired "
         "differences).\n",
-        _table(["row", "denoise steps S", "branch every", *(["L_P, L_C weight"] if factors else []), "training s", "x FT", "minority stereotype rate",
+        _table(["row", "denoise steps S", "branch every", *(["L_P, L_C weight"] if factors else []),
+                *(["L_M"] if dropped_mem else []), "training s", "x FT", "minority stereotype rate",
                 "reduction vs FT", "share of FT+MPC's"], rows),
     ]
 

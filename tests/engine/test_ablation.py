@@ -71,12 +71,13 @@ def test_no_headline_row_trains_against_a_scorer():
 
 def test_a_branch_row_sets_its_branch_and_scales_only_the_branch_losses():
     branch = training_plan(AblateConfig.branch(), WEIGHTS_DIR, 0)
-    for row, (steps, every, factor) in BRANCH_ROWS.items():
+    for row, setting in BRANCH_ROWS.items():
         weights, reference = branch[row].weights, branch["FT+MPC"].weights
-        assert (branch[row].denoise_steps, branch[row].contrastive_every) == (steps, every)
+        assert (branch[row].denoise_steps, branch[row].contrastive_every) == (setting.denoise_steps, setting.every)
         assert (weights.perceptual, weights.contrastive) == pytest.approx(
-            (factor * reference.perceptual, factor * reference.contrastive))
-        assert (weights.ldm, weights.mem) == (reference.ldm, reference.mem)
+            (setting.factor * reference.perceptual, setting.factor * reference.contrastive))
+        assert weights.ldm == reference.ldm and branch[row].preset == "FT+MPC"
+        assert branch[row].weight("mem") == (reference.mem if setting.memorization else 0.0)
 
 
 @pytest.mark.parametrize("target", [SECOND_JUDGE, "judge"])
@@ -243,16 +244,19 @@ def test_branch_quick_reuses_the_ablation_units_and_times_each_branch_setting(qu
     assert (quick_ablation / "units" / "FT_MPC_S_1_every_20_seed0.npz").is_file() and not (out / "units").exists()
     record = json.loads((out / "results.json").read_text())
     assert list(record["rates"]) == ["base", "FT", "FT+MPC", *BRANCH_ROWS] and record["rs_corrector_sweep"] is None
-    for row, (steps, every, factor) in BRANCH_ROWS.items():
-        assert (record["rows"][row]["denoise_steps"], record["rows"][row]["contrastive_every"]) == (steps, every)
-        assert record["rows"][row].get("branch_weight_factor", 1.0) == factor
+    for row, branch in BRANCH_ROWS.items():
+        info = record["rows"][row]
+        assert (info["denoise_steps"], info["contrastive_every"]) == (branch.denoise_steps, branch.every)
+        assert (info.get("branch_weight_factor", 1.0), info.get("memorization_loss", True)) == (
+            branch.factor, branch.memorization)
         assert {f"{row} − FT", f"{row} − FT+MPC"} <= set(record["differences"])
         assert record["image_metrics"][row]["train_seconds"]["mean"] > 0
     table = (out / "results.md").read_text()
     assert table == ablation_report.render_markdown(record)
     assert "Decoded-branch settings: cost and effect" in table and "RS-Corrector sweep" not in table
-    assert "| FT+MPC, S=1, every 20 | 1 | 20 | x1 |" in table and "| FT | - | - | - |" in table
-    assert "| FT+MPC, S=4, every 20, L_P/L_C x4 | 4 | 20 | x4 |" in table
+    assert "| FT+MPC, S=1, every 20 | 1 | 20 | x1 | on |" in table and "| FT | - | - | - | - |" in table
+    assert "| FT+MPC, S=4, every 20, L_P/L_C x4 | 4 | 20 | x4 | on |" in table
+    assert "| FT+PC, S=4 (no L_M) | 4 | 5 | x1 | off |" in table
     assert set(record["cuts_against_base"]) == {"FT", "FT+MPC", *BRANCH_ROWS} and "## Cut of the minority" in table
 
 
@@ -306,6 +310,7 @@ def test_memorization_refuses_a_ccub_that_is_not_in_the_lab_layout(tmp_path):
 @pytest.mark.parametrize("folder, render", [(ABLATION_DIR, ablation_report.render_markdown),
                                             (BRANCH_DIR, ablation_report.render_markdown),
                                             (WEIGHTS_DIR / "replication", ablation_report.render_markdown),
+                                            (WEIGHTS_DIR / "branch_weighted", ablation_report.render_markdown),
                                             (MEMORIZATION_DIR, memorization.render_markdown),
                                             (WEIGHTS_DIR / "sfsl", sfsl_lab.render_markdown)])
 def test_shipped_results_md_is_rendered_from_shipped_results_json(folder, render):
