@@ -4,8 +4,9 @@ Both run in one process on the embedded tiny model (or, `sd15`, the full SD 1.5 
 with random weights) and the sample CCUB folder; each variant gets warm-up steps, then the
 median of timed optimizer steps (grad_accum 1).
 The SCoFT step is timed without the decoded-generation branch and with it, once per
-branch length S; the amortised cost of a branch setting (S, every N) spreads its branch
-step over N steps as training does. The breakdown splits the reference branch step into
+branch length S, and likewise without L_M (weight 0: its no-grad UNet call is skipped); the
+amortised cost of a branch setting (S, every N) spreads its branch step over N steps as
+training does. The breakdown splits the reference branch step into
 UNet calls with and without grad, decode, features and backward.
 """
 
@@ -19,50 +20,50 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import BRANCH_SETTINGS, TrainConfig
+from .config import BRANCH_SETTINGS, BranchSetting, LossWeights, TrainConfig
 from .data import load_ccub
 from .models import load_tiny_model
 from .sample_data import CCUB_DEMO_DIR
 from .trainer import SCoFTTrainer
 
 
-def _point(name: str) -> tuple[int, int]:
-    return BRANCH_SETTINGS[name]["denoise_steps"], BRANCH_SETTINGS[name]["contrastive_every"]
-
-
-# branch settings timed: name -> (denoise steps S, branch every N steps)
+# branch settings timed: name -> (S, every N, with L_M?)
 BRANCH_POINTS = {
-    "reference (paper)": _point("reference"),
-    "fast (train --fast)": _point("fast"),
-    "S=1, every 10": (1, 10),
-    "S=1, every 20": (1, 20),
+    "reference (paper)": BRANCH_SETTINGS["reference"],
+    "fast (train --fast)": BRANCH_SETTINGS["fast"],
+    "S=4, with L_M": BranchSetting(4, 10),
+    "S=1, every 10": BranchSetting(1, 10),
+    "S=1, every 20": BranchSetting(1, 20),
 }
 
 
 @dataclass
 class TrainBench:
-    model: str  # what was timed: "tiny model, 64 px" or "SD 1.5 architecture, 128 px"
+    model: str  # what was timed: "tiny model, 64 px, cpu" or "SD 1.5 architecture, ..., 128 px, cpu"
     plain: float
-    scoft_no_branch: float
-    branch: dict[int, float]  # denoise steps S -> seconds of a step with the branch
+    no_branch: dict[bool, float]  # with L_M? -> seconds of an FT+MPC step without the branch
+    branch: dict[tuple[int, bool], float]  # (S, with L_M?) -> seconds of a step with the branch
     breakdown: dict[str, float] = field(default_factory=dict)
 
     def amortised(self, point: str) -> float:
         """Seconds per step of FT+MPC at BRANCH_POINTS[point], the branch spread over its N steps."""
-        steps, every = BRANCH_POINTS[point]
-        return (self.branch[steps] + (every - 1) * self.scoft_no_branch) / every
+        s, every, memorization = BRANCH_POINTS[point]
+        return (self.branch[s, memorization] + (every - 1) * self.no_branch[memorization]) / every
 
     def report(self) -> str:
+        def step(name: str, seconds: float) -> str:
+            return f"  {name:<38} {seconds:.4f} s  ({seconds / self.plain:.2f}x)"
+
         lines = [
             f"bench train ({self.model}, batch 1, median seconds per optimizer step)",
-            f"  plain LoRA step (FT)              {self.plain:.4f} s",
-            f"  FT+MPC step without branch        {self.scoft_no_branch:.4f} s  "
-            f"({self.scoft_no_branch / self.plain:.2f}x)",
-            *(f"  FT+MPC step with branch, S={s:<3}     {seconds:.4f} s  ({seconds / self.plain:.2f}x)"
-              for s, seconds in sorted(self.branch.items(), reverse=True)),
+            f"  {'plain LoRA step (FT)':<38} {self.plain:.4f} s",
+            *(step(f"FT+MPC step without branch{'' if m else ', no L_M'}", t) for m, t in
+              sorted(self.no_branch.items(), reverse=True)),
+            *(step(f"FT+MPC step with branch, S={s}{'' if m else ', no L_M'}", t) for (s, m), t in
+              sorted(self.branch.items(), key=lambda kv: (not kv[0][1], -kv[0][0]))),
             "  FT+MPC amortised, per branch setting (S denoise steps, branch every N steps):",
             *(f"    {name:<22} S={s:<3} N={n:<3} {self.amortised(name):.4f} s  "
-              f"({self.amortised(name) / self.plain:.2f}x plain)" for name, (s, n) in BRANCH_POINTS.items()),
+              f"({self.amortised(name) / self.plain:.2f}x plain)" for name, (s, n, _) in BRANCH_POINTS.items()),
             "  where a reference branch step's time goes:",
         ]
         total = sum(self.breakdown.values())
@@ -131,15 +132,19 @@ def bench_train(steps: int = 5, warmup: int = 2, threads: int = 2, sd15: bool = 
     dataset = load_ccub(CCUB_DEMO_DIR, resolution=resolution)
     common = dict(steps=10**6, grad_accum=1, rank=8, alpha=8.0, allow_random_backbone=True, lr_schedule="constant")
     plain = SCoFTTrainer(bundle, dataset, TrainConfig(preset="FT", **common))
-    scoft = SCoFTTrainer(bundle, dataset, TrainConfig(preset="FT+MPC", **common))
-    reference_steps = BRANCH_POINTS["reference (paper)"][0]
+    scoft = {memorization: SCoFTTrainer(bundle, dataset, TrainConfig(
+        preset="FT+MPC", weights=LossWeights() if memorization else dataclasses.replace(LossWeights(), mem=0.0),
+        **common)) for memorization in (True, False)}
+    branch_steps = sorted({(p.denoise_steps, p.memorization) for p in BRANCH_POINTS.values()},
+                          key=lambda key: (not key[1], -key[0]))
     result = TrainBench(
         model=model,
         plain=_median_step(plain, steps, warmup, branch=False),
-        scoft_no_branch=_median_step(scoft, steps, warmup, branch=False),
-        branch={s: _median_step(scoft, steps, warmup, branch=True, denoise_steps=s)
-                for s in sorted({s for s, _ in BRANCH_POINTS.values()}, reverse=True)},
+        no_branch={m: _median_step(scoft[m], steps, warmup, branch=False) for m in (True, False)},
+        branch={(s, m): _median_step(scoft[m], steps, warmup, branch=True, denoise_steps=s) for s, m in branch_steps},
     )
+    reference_steps = BRANCH_POINTS["reference (paper)"].denoise_steps
+    scoft = scoft[True]
     timings: dict[str, float] = defaultdict(float)
     scoft.timings, scoft.profile = timings, True
     timer = _UNetTimer(scoft.unet, timings)

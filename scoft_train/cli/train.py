@@ -30,10 +30,10 @@ def _add_train_config_args(parser: argparse.ArgumentParser) -> None:
                            help=f"weight of L_{field.name} (default {field.default})")
     fast = BRANCH_SETTINGS["fast"]
     group.add_argument("--fast", action="store_true",
-                       help=f"the cheaper decoded-generation branch: --denoise-steps {fast['denoise_steps']} "
-                            f"--contrastive-every {fast['contrastive_every']} (fewer denoising steps in the branch, as often "
-                            "as the paper's); either, given on the command line or in --config, overrides it. README: "
-                            "its measured cost and effect")
+                       help=f"the cheaper decoded-generation branch: --denoise-steps {fast.denoise_steps} "
+                            f"--contrastive-every {fast.contrastive_every} --w-mem 0 (fewer denoising steps in the "
+                            "branch, as often as the paper's, without L_M); each, given on the command line or in "
+                            "--config, overrides it. README: its measured cost and effect")
 
 
 def train_config_from_args(args) -> TrainConfig:
@@ -45,8 +45,11 @@ def train_config_from_args(args) -> TrainConfig:
             weights[field.name] = value
     values["weights"] = weights
     if getattr(args, "fast", False):
-        for name, value in BRANCH_SETTINGS["fast"].items():
-            values.setdefault(name, value)
+        fast = BRANCH_SETTINGS["fast"]
+        values.setdefault("denoise_steps", fast.denoise_steps)
+        values.setdefault("contrastive_every", fast.contrastive_every)
+        if not fast.memorization:
+            weights.setdefault("mem", 0.0)
     return TrainConfig.from_dict(values)
 
 

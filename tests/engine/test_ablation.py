@@ -310,7 +310,7 @@ def test_memorization_refuses_a_ccub_that_is_not_in_the_lab_layout(tmp_path):
 @pytest.mark.parametrize("folder, render", [(ABLATION_DIR, ablation_report.render_markdown),
                                             (BRANCH_DIR, ablation_report.render_markdown),
                                             (WEIGHTS_DIR / "replication", ablation_report.render_markdown),
-                                            (WEIGHTS_DIR / "branch_weighted", ablation_report.render_markdown),
+                                            (WEIGHTS_DIR / "cheap_branch", ablation_report.render_markdown),
                                             (MEMORIZATION_DIR, memorization.render_markdown),
                                             (WEIGHTS_DIR / "sfsl", sfsl_lab.render_markdown)])
 def test_shipped_results_md_is_rendered_from_shipped_results_json(folder, render):

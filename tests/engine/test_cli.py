@@ -78,11 +78,14 @@ def test_bad_config_key_is_reported_and_writes_nothing(tmp_path, caplog):
 
 def test_bench_reports_ratios_and_breakdown():
     result = bench_train(steps=1, warmup=0, threads=2)
-    assert result.plain > 0 and result.branch[20] > result.branch[1] > result.scoft_no_branch > 0
-    assert result.amortised("reference (paper)") > result.amortised("fast (train --fast)") > result.scoft_no_branch
+    assert result.plain > 0 and result.branch[20, True] > result.branch[1, True] > result.no_branch[True] > 0
+    assert result.branch[4, False] > result.no_branch[False] > 0
+    assert result.amortised("reference (paper)") > result.amortised("S=4, with L_M") > result.no_branch[True]
+    assert result.amortised("fast (train --fast)") > result.no_branch[False]
     report = result.report()
     assert "amortised" in report and "VAE decode" in report and "backward" in report
     assert "fast (train --fast)    S=4   N=10" in report and "reference (paper)      S=20  N=10" in report
+    assert "FT+MPC step with branch, S=4, no L_M" in report
     assert report.startswith("bench train (tiny model, 64 px, cpu, batch 1")
 
 
@@ -96,12 +99,16 @@ def test_fast_selects_the_cheaper_branch_and_explicit_settings_win(tmp_path):
         argv = ["train", "--data", str(CCUB_DEMO_DIR), "--out", str(tmp_path / "out"), *extra]
         return train_config_from_args(build_parser().parse_args(argv + (["--config", str(file)] if file else [])))
 
-    assert (config().denoise_steps, config().contrastive_every) == (20, 10)  # the paper's
-    assert (config("--fast").denoise_steps, config("--fast").contrastive_every) == (4, 10)
+    assert (config().denoise_steps, config().contrastive_every, config().weight("mem")) == (20, 10, 0.3)  # the paper's
+    fast = config("--fast")
+    assert (fast.denoise_steps, fast.contrastive_every, fast.weight("mem")) == (4, 10, 0.0)
+    assert (fast.preset, fast.weight("perceptual"), fast.weight("contrastive")) == ("FT+MPC", 0.01, 0.05)
     assert config("--fast", "--denoise-steps", "3").denoise_steps == 3
+    assert config("--fast", "--w-mem", "0.3").weight("mem") == 0.3
     settings = tmp_path / "settings.json"
-    settings.write_text(json.dumps({"contrastive_every": 7}))
-    assert (config("--fast", file=settings).contrastive_every, config("--fast", file=settings).denoise_steps) == (7, 4)
+    settings.write_text(json.dumps({"contrastive_every": 7, "weights": {"mem": 0.5}}))
+    from_file = config("--fast", file=settings)
+    assert (from_file.contrastive_every, from_file.denoise_steps, from_file.weight("mem")) == (7, 4, 0.5)
 
 
 def test_prompts_file_with_bom_and_crlf_gives_clean_prompts(tmp_path):
