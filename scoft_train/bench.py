@@ -473,9 +473,11 @@ def distributed_worker(steps: int, warmup: int, batch_size: int, lora_out: str, 
     for _ in range(steps):
         trainer.train_step()
     seconds = time.perf_counter() - start
+    if processes.is_main:
+        save_file({k: v.contiguous() for k, v in trainer._lora_state().items()}, lora_out)
+    distributed.finish(processes)
     if not processes.is_main:
         return None
-    save_file({k: v.contiguous() for k, v in trainer._lora_state().items()}, lora_out)
     return {"processes": processes.world_size, "batch": batch_size, "steps": steps, "seconds": seconds}
 
 

@@ -27,7 +27,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
 
 class BranchSetting(NamedTuple):
     """How the decoded-generation branch runs: S denoising steps, every N steps, and whether L_M keeps its
-    weight (False: weight 0, which also skips its no-grad UNet call, 41% of a plain step at SD 1.5 size)."""
+    weight (False: weight 0, which also skips its no-grad UNet call, about half a plain step at SD 1.5 size)."""
 
     denoise_steps: int
     contrastive_every: int

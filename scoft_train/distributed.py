@@ -93,6 +93,15 @@ def start(device: str) -> tuple[ProcessGroup, str]:
     return group, (str(state.device) if torch.device(device).type == "cuda" else device)
 
 
+def finish(group: ProcessGroup) -> None:
+    """End a multi-process run once every process is done (rank 0 included, with its files): wait for
+    all, then tear the process group down, so no process exits while a peer still holds a connection to
+    it (gloo aborts the process that does). Nothing to do in one process."""
+    if group.active:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def shard_rows(global_rows: int, local_rows: int, group: ProcessGroup) -> torch.Tensor:
     """Which rows of a globally drawn tensor this process keeps. A micro-batch is `global_rows`
     examples; an objective may stack k such groups (e.g. instance and class images), so a local

@@ -13,7 +13,8 @@ that no training loss ever loads.
    (scoring.py). Each (row, seed) unit is saved under units/ as it finishes, so a killed
    run resumes where it stopped.
    `biaslab branch` trains FT, FT+MPC and FT+MPC with cheaper decoded branches
-   (BRANCH_ROWS: fewer denoising steps, rarer) the same way: their cost and effect.
+   (BRANCH_ROWS: fewer denoising steps, rarer, rarer with scaled-up weights, without L_M)
+   the same way: their cost and effect.
 4. RS-Corrector (rs_rows.py): a sweep of its settings on validation prompts, then the
    best setting on the test prompts, one prior per training seed.
 5. results.json (with provenance), results.md rendered from it (ablation_report.py),

@@ -111,7 +111,7 @@ def _row_label(record: dict, row: str) -> str:
     space = info.get("feature_space")
     if info.get("circular"):
         return f"{row} ⚠ circular: L_P/L_C in the development judge's features"
-    return f"{row} (L_P/L_C: {space})" if info.get("trained") and row.startswith("FT+MP") else row
+    return f"{row} (L_P/L_C: {space})" if info.get("trained") and info.get("preset") in ("FT+MP", "FT+MPC") else row
 
 
 def render_markdown(record: dict) -> str:

@@ -78,10 +78,12 @@ def cmd_train(args) -> int:
         if resume:
             trainer.resume(None if resume is True else resume)
         trainer.train()
+        distributed.finish(processes)
         return 0
     with tqdm_progress("train") as on_step:
         outputs = train_scoft(bundle, dataset, config, args.out, on_step=on_step, resume=resume_from(args),
                               preview_every=args.preview_every)
+    distributed.finish(processes)
     print(f"LoRA: {outputs.lora}\nloss history: {outputs.history_json}\nloss plot: {outputs.loss_plot}")
     if args.preview_every:
         print(f"previews: {args.out / 'previews'}")
