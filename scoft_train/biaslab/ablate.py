@@ -73,12 +73,14 @@ ROWS = {
 class BranchRow(NamedTuple):
     """A cheaper decoded-generation branch of FT+MPC (label-free): S denoising steps, the branch every N
     steps, a factor on the L_P and L_C weights (a rarer branch with a larger factor keeps the branch's total
-    weight over training), and whether L_M (one no-grad UNet call per step) stays."""
+    weight over training), whether L_M (one no-grad UNet call per step) stays, and the branch's guidance
+    scale (None: the lab's; at 1 each branch step calls the UNet on the caption alone)."""
 
     denoise_steps: int
     every: int
     factor: float = 1.0
     memorization: bool = True
+    cfg: float | None = None
 
 
 # the rows of `biaslab branch`; S = 1 is the one-step x0 estimate from z_t
@@ -92,6 +94,7 @@ BRANCH_ROWS = {
     "FT+MPC, S=4, every 10, L_P/L_C x2": BranchRow(4, 10, 2.0),
     "FT+MPC, S=4, every 20, L_P/L_C x4": BranchRow(4, 20, 4.0),
     "FT+PC, S=4 (no L_M)": BranchRow(4, 5, memorization=False),
+    "FT+PC, S=4, cfg 1 (no L_M)": BranchRow(4, 5, memorization=False, cfg=1.0),
 }
 # paired differences reported (minority stereotype rate): each loss added, the method against FT and base,
 # each cheaper branch against FT and against FT+MPC (those whose rows ran)
@@ -176,16 +179,16 @@ def training_plan(c: AblateConfig, weights_dir: Path, seed: int) -> dict[str, Tr
     for row in c.rows:
         preset, space = _preset_and_space(row)
         branch = BRANCH_ROWS.get(row, BranchRow(c.denoise_steps, c.contrastive_every))
-        denoise_steps, every, factor = branch.denoise_steps, branch.every, branch.factor
         weights = str(weights_dir / ("judge" if space == "biaslab-judge" else SSL))
         reference = LossWeights()
         plan[row] = TrainConfig(
-            weights=dataclasses.replace(reference, perceptual=factor * reference.perceptual,
-                                        contrastive=factor * reference.contrastive,
+            weights=dataclasses.replace(reference, perceptual=branch.factor * reference.perceptual,
+                                        contrastive=branch.factor * reference.contrastive,
                                         mem=reference.mem if branch.memorization else 0.0),
             preset=preset, steps=c.steps, batch_size=c.batch_size, grad_accum=1, lr=c.lr,
             warmup_steps=max(1, c.steps // 20), rank=c.rank, alpha=float(c.rank), seed=seed,
-            contrastive_every=every, denoise_steps=denoise_steps, cfg=c.cfg, checkpoint_every=0,
+            contrastive_every=branch.every, denoise_steps=branch.denoise_steps,
+            cfg=c.cfg if branch.cfg is None else branch.cfg, checkpoint_every=0,
             perceptual_backbone=space, perceptual_weights=weights, contrastive_backbone=space,
             contrastive_weights=weights,
         )
@@ -361,4 +364,6 @@ def _row_description(row: str, weights_dir: Path) -> dict:
             description["branch_weight_factor"] = branch.factor
         if not branch.memorization:
             description["memorization_loss"] = False
+        if branch.cfg is not None:
+            description["branch_cfg"] = branch.cfg
     return description

@@ -78,6 +78,7 @@ def test_a_branch_row_sets_its_branch_and_scales_only_the_branch_losses():
             (setting.factor * reference.perceptual, setting.factor * reference.contrastive))
         assert weights.ldm == reference.ldm and branch[row].preset == "FT+MPC"
         assert branch[row].weight("mem") == (reference.mem if setting.memorization else 0.0)
+        assert branch[row].cfg == (branch["FT+MPC"].cfg if setting.cfg is None else setting.cfg)
 
 
 @pytest.mark.parametrize("target", [SECOND_JUDGE, "judge"])
@@ -249,6 +250,7 @@ def test_branch_quick_reuses_the_ablation_units_and_times_each_branch_setting(qu
         assert (info["denoise_steps"], info["contrastive_every"]) == (branch.denoise_steps, branch.every)
         assert (info.get("branch_weight_factor", 1.0), info.get("memorization_loss", True)) == (
             branch.factor, branch.memorization)
+        assert info.get("branch_cfg") == branch.cfg
         assert {f"{row} − FT", f"{row} − FT+MPC"} <= set(record["differences"])
         assert record["image_metrics"][row]["train_seconds"]["mean"] > 0
     table = (out / "results.md").read_text()

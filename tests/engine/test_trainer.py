@@ -96,6 +96,31 @@ def test_branch_records_grad_in_exactly_one_unet_call(tiny_bundle, dataset, mode
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in trainer.unet.named_parameters() if "lora_B" in n)
 
 
+def test_branch_at_cfg_1_calls_the_unet_on_the_caption_alone_with_the_guided_result(tiny_bundle, dataset):
+    trainer = make_trainer(tiny_bundle, dataset)
+    unet, scheduler = trainer.unet, tiny_bundle.scheduler
+    cond, uncond = trainer.objective.embed(["a house"]), trainer.objective.embed([""])
+    z_t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    batches: list[int] = []
+    handle = unet.register_forward_hook(lambda _m, args, _o: batches.append(args[0].shape[0]))
+    z0 = denoise_to_latent(unet, scheduler, z_t, 700, cond, uncond, steps=3, cfg=1.0)
+    handle.remove()
+    assert batches == [1, 1, 1]
+    z, alphas = z_t, scheduler.alphas_cumprod
+    timesteps = branch_timesteps(700, 3)
+    with torch.no_grad():  # the guided formula, both halves computed, at scale 1
+        for i, t in enumerate(timesteps):
+            both = unet(torch.cat([z, z]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+            out_uncond, out_cond = both.chunk(2)
+            eps = out_uncond + 1.0 * (out_cond - out_uncond)
+            x0 = (z - (1 - alphas[t]).sqrt() * eps) / alphas[t].sqrt()
+            if i + 1 < len(timesteps):
+                z = alphas[timesteps[i + 1]].sqrt() * x0 + (1 - alphas[timesteps[i + 1]]).sqrt() * eps
+    torch.testing.assert_close(z0.detach(), x0, rtol=1e-4, atol=1e-5)
+    z0.square().mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in unet.named_parameters() if "lora_B" in n)
+
+
 def test_checkpointed_branch_decode_gives_the_same_gradient_and_leaves_the_vae_as_it_was(tiny_bundle, dataset):
     """gradient_checkpointing also checkpoints the VAE decoder's blocks in the branch (recomputed in
     backward, not stored): same image, same LoRA gradient; the shared VAE is not left switched."""
