@@ -27,14 +27,20 @@ from .sample_data import CCUB_DEMO_DIR
 from .trainer import SCoFTTrainer
 
 
-# branch settings timed: name -> (S, every N, with L_M?)
+# branch settings timed: name -> (S, every N, with L_M?, guidance scale or None for the default 4.5)
 BRANCH_POINTS = {
     "reference (paper)": BRANCH_SETTINGS["reference"],
     "fast (train --fast)": BRANCH_SETTINGS["fast"],
     "S=4, with L_M": BranchSetting(4, 10),
+    "S=4, no L_M, cfg 1": BranchSetting(4, 10, memorization=False, cfg=1.0),
     "S=1, every 10": BranchSetting(1, 10),
     "S=1, every 20": BranchSetting(1, 20),
 }
+
+
+def _branch_key(point: BranchSetting) -> tuple[int, bool, float | None]:
+    """What a branch step's time depends on: (S, with L_M?, guidance scale)."""
+    return point.denoise_steps, point.memorization, point.cfg
 
 
 @dataclass
@@ -42,13 +48,14 @@ class TrainBench:
     model: str  # what was timed: "tiny model, 64 px, cpu" or "SD 1.5 architecture, ..., 128 px, cpu"
     plain: float
     no_branch: dict[bool, float]  # with L_M? -> seconds of an FT+MPC step without the branch
-    branch: dict[tuple[int, bool], float]  # (S, with L_M?) -> seconds of a step with the branch
+    branch: dict[tuple[int, bool, float | None], float]  # _branch_key -> seconds of a step with the branch
     breakdown: dict[str, float] = field(default_factory=dict)
 
     def amortised(self, point: str) -> float:
         """Seconds per step of FT+MPC at BRANCH_POINTS[point], the branch spread over its N steps."""
-        s, every, memorization = BRANCH_POINTS[point]
-        return (self.branch[s, memorization] + (every - 1) * self.no_branch[memorization]) / every
+        setting = BRANCH_POINTS[point]
+        every = setting.contrastive_every
+        return (self.branch[_branch_key(setting)] + (every - 1) * self.no_branch[setting.memorization]) / every
 
     def report(self) -> str:
         def step(name: str, seconds: float) -> str:
@@ -59,11 +66,11 @@ class TrainBench:
             f"  {'plain LoRA step (FT)':<38} {self.plain:.4f} s",
             *(step(f"FT+MPC step without branch{'' if m else ', no L_M'}", t) for m, t in
               sorted(self.no_branch.items(), reverse=True)),
-            *(step(f"FT+MPC step with branch, S={s}{'' if m else ', no L_M'}", t) for (s, m), t in
-              sorted(self.branch.items(), key=lambda kv: (not kv[0][1], -kv[0][0]))),
+            *(step(f"FT+MPC step with branch, S={s}{'' if m else ', no L_M'}{'' if cfg is None else f', cfg {cfg:g}'}",
+                   t) for (s, m, cfg), t in self.branch.items()),
             "  FT+MPC amortised, per branch setting (S denoise steps, branch every N steps):",
             *(f"    {name:<22} S={s:<3} N={n:<3} {self.amortised(name):.4f} s  "
-              f"({self.amortised(name) / self.plain:.2f}x plain)" for name, (s, n, _) in BRANCH_POINTS.items()),
+              f"({self.amortised(name) / self.plain:.2f}x plain)" for name, (s, n, *_) in BRANCH_POINTS.items()),
             "  where a reference branch step's time goes:",
         ]
         total = sum(self.breakdown.values())
@@ -95,10 +102,12 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_step(trainer: SCoFTTrainer, steps: int, warmup: int, branch: bool, denoise_steps: int = 20) -> float:
+def _median_step(trainer: SCoFTTrainer, steps: int, warmup: int, branch: bool, denoise_steps: int = 20,
+                 cfg: float | None = None) -> float:
     every = 1 if branch else 1_000_000  # the largest contrastive_every: step 1 never runs the branch
     trainer.warm_caches()
-    trainer.config = dataclasses.replace(trainer.config, contrastive_every=every, denoise_steps=denoise_steps)
+    trainer.config = dataclasses.replace(trainer.config, contrastive_every=every, denoise_steps=denoise_steps,
+                                         cfg=TrainConfig.cfg if cfg is None else cfg)
     for _ in range(warmup):
         trainer.step = 0 if branch else 1
         trainer.train_step()
@@ -135,13 +144,14 @@ def bench_train(steps: int = 5, warmup: int = 2, threads: int = 2, sd15: bool = 
     scoft = {memorization: SCoFTTrainer(bundle, dataset, TrainConfig(
         preset="FT+MPC", weights=LossWeights() if memorization else dataclasses.replace(LossWeights(), mem=0.0),
         **common)) for memorization in (True, False)}
-    branch_steps = sorted({(p.denoise_steps, p.memorization) for p in BRANCH_POINTS.values()},
-                          key=lambda key: (not key[1], -key[0]))
+    branch_steps = sorted({_branch_key(p) for p in BRANCH_POINTS.values()},
+                          key=lambda key: (not key[1], key[2] is not None, -key[0]))
     result = TrainBench(
         model=model,
         plain=_median_step(plain, steps, warmup, branch=False),
         no_branch={m: _median_step(scoft[m], steps, warmup, branch=False) for m in (True, False)},
-        branch={(s, m): _median_step(scoft[m], steps, warmup, branch=True, denoise_steps=s) for s, m in branch_steps},
+        branch={(s, m, cfg): _median_step(scoft[m], steps, warmup, branch=True, denoise_steps=s, cfg=cfg)
+                for s, m, cfg in branch_steps},
     )
     reference_steps = BRANCH_POINTS["reference (paper)"].denoise_steps
     scoft = scoft[True]

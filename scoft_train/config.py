@@ -26,12 +26,14 @@ PRESETS: dict[str, tuple[str, ...]] = {
 
 
 class BranchSetting(NamedTuple):
-    """How the decoded-generation branch runs: S denoising steps, every N steps, and whether L_M keeps its
-    weight (False: weight 0, which also skips its no-grad UNet call, about half a plain step at SD 1.5 size)."""
+    """How the decoded-generation branch runs: S denoising steps, every N steps, whether L_M keeps its
+    weight (False: weight 0, which also skips its no-grad UNet call, about half a plain step at SD 1.5 size),
+    and the branch's guidance scale (None: the configured one; at 1 each branch step calls the UNet once)."""
 
     denoise_steps: int
     contrastive_every: int
     memorization: bool = True
+    cfg: float | None = None
 
 
 # The paper's reference, and the cheaper point `train --fast` selects: 4 DDIM steps instead of 20, the branch as

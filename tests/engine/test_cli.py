@@ -78,14 +78,15 @@ def test_bad_config_key_is_reported_and_writes_nothing(tmp_path, caplog):
 
 def test_bench_reports_ratios_and_breakdown():
     result = bench_train(steps=1, warmup=0, threads=2)
-    assert result.plain > 0 and result.branch[20, True] > result.branch[1, True] > result.no_branch[True] > 0
-    assert result.branch[4, False] > result.no_branch[False] > 0
+    branch = result.branch
+    assert result.plain > 0 and branch[20, True, None] > branch[1, True, None] > result.no_branch[True] > 0
+    assert min(branch[4, False, None], branch[4, False, 1.0]) > result.no_branch[False] > 0
     assert result.amortised("reference (paper)") > result.amortised("S=4, with L_M") > result.no_branch[True]
     assert result.amortised("fast (train --fast)") > result.no_branch[False]
     report = result.report()
     assert "amortised" in report and "VAE decode" in report and "backward" in report
     assert "fast (train --fast)    S=4   N=10" in report and "reference (paper)      S=20  N=10" in report
-    assert "FT+MPC step with branch, S=4, no L_M" in report
+    assert "FT+MPC step with branch, S=4, no L_M" in report and "S=4, no L_M, cfg 1" in report
     assert report.startswith("bench train (tiny model, 64 px, cpu, batch 1")
 
 
