@@ -1,8 +1,9 @@
 """`python -m scoft_train bench train`: plain LoRA step vs SCoFT (FT+MPC) steps, side by side.
 
 Both run in one process on the embedded tiny model (or, `sd15`, the full SD 1.5 architecture
-with random weights) and the sample CCUB folder; each variant gets warm-up steps, then the
-median of timed optimizer steps (grad_accum 1).
+with random weights) and the sample CCUB folder. The variants run in rounds of one step each
+(warm-up rounds, then timed ones), so drift in the machine's speed reaches all alike; each
+gets the median of its timed optimizer steps (grad_accum 1).
 The SCoFT step is timed without the decoded-generation branch and with it, once per
 branch length S, and likewise without L_M (weight 0: its no-grad UNet call is skipped); the
 amortised cost of a branch setting (S, every N) spreads its branch step over N steps as
@@ -13,6 +14,7 @@ UNet calls with and without grad, decode, features and backward.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 import time
 from collections import defaultdict
@@ -102,24 +104,29 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_step(trainer: SCoFTTrainer, steps: int, warmup: int, branch: bool, denoise_steps: int = 20,
-                 cfg: float | None = None) -> float:
-    every = 1 if branch else 1_000_000  # the largest contrastive_every: step 1 never runs the branch
-    trainer.warm_caches()
-    trainer.config = dataclasses.replace(trainer.config, contrastive_every=every, denoise_steps=denoise_steps,
-                                         cfg=TrainConfig.cfg if cfg is None else cfg)
-    for _ in range(warmup):
-        trainer.step = 0 if branch else 1
-        trainer.train_step()
-    times = []
-    for _ in range(steps):
-        trainer.step = 0 if branch else 1
-        _synchronize(trainer.device)
-        start = time.perf_counter()
-        trainer.train_step()
-        _synchronize(trainer.device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _timed_step(trainer: SCoFTTrainer, branch: bool, denoise_steps: int = 20, cfg: float | None = None) -> float:
+    """Seconds of one optimizer step of `trainer`, with the decoded-generation branch (S = `denoise_steps`,
+    guidance `cfg`, None: the default) or without it."""
+    trainer.config = dataclasses.replace(trainer.config, contrastive_every=1 if branch else 1_000_000,
+                                         denoise_steps=denoise_steps, cfg=TrainConfig.cfg if cfg is None else cfg)
+    trainer.step = 0 if branch else 1  # step 1 never runs the branch at the largest contrastive_every
+    _synchronize(trainer.device)
+    start = time.perf_counter()
+    trainer.train_step()
+    _synchronize(trainer.device)
+    return time.perf_counter() - start
+
+
+def _interleaved_medians(variants: dict, steps: int, warmup: int) -> dict:
+    """{key: median seconds} of `variants` ({key: a zero-argument timed step}), run in rounds of one step each,
+    so that drift in the machine's speed (allocator warm-up, other load) reaches every variant alike."""
+    times: dict = defaultdict(list)
+    for round_index in range(warmup + steps):
+        for key, run in variants.items():
+            seconds = run()
+            if round_index >= warmup:
+                times[key].append(seconds)
+    return {key: statistics.median(values) for key, values in times.items()}
 
 
 def bench_train(steps: int = 5, warmup: int = 2, threads: int = 2, sd15: bool = False, resolution: int | None = None,
@@ -146,19 +153,24 @@ def bench_train(steps: int = 5, warmup: int = 2, threads: int = 2, sd15: bool = 
         **common)) for memorization in (True, False)}
     branch_steps = sorted({_branch_key(p) for p in BRANCH_POINTS.values()},
                           key=lambda key: (not key[1], key[2] is not None, -key[0]))
-    result = TrainBench(
-        model=model,
-        plain=_median_step(plain, steps, warmup, branch=False),
-        no_branch={m: _median_step(scoft[m], steps, warmup, branch=False) for m in (True, False)},
-        branch={(s, m, cfg): _median_step(scoft[m], steps, warmup, branch=True, denoise_steps=s, cfg=cfg)
-                for s, m, cfg in branch_steps},
-    )
+    for trainer in (plain, *scoft.values()):
+        trainer.warm_caches()
+    variants = {
+        "plain": functools.partial(_timed_step, plain, False),
+        **{("no branch", m): functools.partial(_timed_step, scoft[m], False) for m in (True, False)},
+        **{(s, m, cfg): functools.partial(_timed_step, scoft[m], True, s, cfg) for s, m, cfg in branch_steps},
+    }
+    medians = _interleaved_medians(variants, steps, warmup)
+    result = TrainBench(model=model, plain=medians["plain"],
+                        no_branch={m: medians["no branch", m] for m in (True, False)},
+                        branch={key: medians[key] for key in branch_steps})
     reference_steps = BRANCH_POINTS["reference (paper)"].denoise_steps
     scoft = scoft[True]
     timings: dict[str, float] = defaultdict(float)
     scoft.timings, scoft.profile = timings, True
     timer = _UNetTimer(scoft.unet, timings)
-    _median_step(scoft, steps, 0, branch=True, denoise_steps=reference_steps)
+    for _ in range(steps):
+        _timed_step(scoft, branch=True, denoise_steps=reference_steps)
     for handle in timer.handles:
         handle.remove()
     branch_nograd = timings["unet_forward_nograd"] - timings["nograd_denoise"]

@@ -95,6 +95,7 @@ BRANCH_ROWS = {
     "FT+MPC, S=4, every 20, L_P/L_C x4": BranchRow(4, 20, 4.0),
     "FT+PC, S=4 (no L_M)": BranchRow(4, 5, memorization=False),
     "FT+PC, S=4, cfg 1 (no L_M)": BranchRow(4, 5, memorization=False, cfg=1.0),
+    "FT+PC, S=3 (no L_M)": BranchRow(3, 5, memorization=False),
 }
 # paired differences reported (minority stereotype rate): each loss added, the method against FT and base,
 # each cheaper branch against FT and against FT+MPC (those whose rows ran)
