@@ -34,6 +34,7 @@ BRANCH_POINTS = {
     "reference (paper)": BRANCH_SETTINGS["reference"],
     "fast (train --fast)": BRANCH_SETTINGS["fast"],
     "S=4, with L_M": BranchSetting(4, 10),
+    "S=3, no L_M": BranchSetting(3, 10, memorization=False),
     "S=4, no L_M, cfg 1": BranchSetting(4, 10, memorization=False, cfg=1.0),
     "S=1, every 10": BranchSetting(1, 10),
     "S=1, every 20": BranchSetting(1, 20),
