@@ -50,8 +50,6 @@ def train_config_from_args(args) -> TrainConfig:
         values.setdefault("contrastive_every", fast.contrastive_every)
         if not fast.memorization:
             weights.setdefault("mem", 0.0)
-        if fast.cfg is not None:
-            values.setdefault("cfg", fast.cfg)
     return TrainConfig.from_dict(values)
 
 
