@@ -37,8 +37,8 @@ class BranchSetting(NamedTuple):
 
 
 # The paper's reference, and the cheaper point `train --fast` selects: 4 DDIM steps instead of 20, the branch as
-# often, without L_M. In the bias lab (`biaslab branch`) this kept all of FT+MPC's effect, while S <= 2, a rarer
-# branch (even with its weights scaled up) or a one-step x0 estimate lost it; README: cost and effect.
+# often, without L_M. In the bias lab (`biaslab branch`) this kept all of FT+MPC's effect, while S <= 2, an unguided
+# branch, a rarer one (even with its weights scaled up) or a one-step x0 estimate lost it; README: cost and effect.
 BRANCH_SETTINGS = {
     "reference": BranchSetting(20, 10),
     "fast": BranchSetting(4, 10, memorization=False),
