@@ -99,28 +99,25 @@ class SCoFTObjective(Objective):
         """L_P and L_C (those weighted) of the decoded generations from z_t [B,4,h,w] at t [B]. When both
         read the same feature distance, the decoded image's features are computed (and backpropagated) once."""
         c = self.config
+        distances = {role: self.distance(role) for role in ("perceptual", "contrastive") if c.weight(role) > 0}
+        distinct = {id(dist): dist for dist in distances.values()}
         per_example: dict[str, list[torch.Tensor]] = defaultdict(list)
         for b, image in self.decoded_images(z_t, t, cond):
             with self.loop.timed("features"):
-                anchors: dict[int, list[torch.Tensor]] = {}
-
-                def anchor(dist: FeatureDistance) -> list[torch.Tensor]:
-                    if id(dist) not in anchors:
-                        anchors[id(dist)] = dist.features(image)
-                    return anchors[id(dist)]
-
+                anchors = {key: dist.features(image) for key, dist in distinct.items()}
                 positive = batch["pixels"][b : b + 1]
                 negatives = batch["negatives"][b]
-                if c.weight("perceptual") > 0:
-                    dist = self.distance("perceptual")
+                if "perceptual" in distances:
+                    dist = distances["perceptual"]
                     per_example["perceptual"].append(
-                        dist.distance(anchor(dist), self._fixed_features("perceptual", positive))[0]
+                        dist.distance(anchors[id(dist)], self._fixed_features("perceptual", positive))[0]
                     )
-                if c.weight("contrastive") > 0:
-                    dist = self.distance("contrastive")
-                    d_pos = dist.distance(anchor(dist), self._fixed_features("contrastive", positive))[0]
+                if "contrastive" in distances:
+                    dist = distances["contrastive"]
+                    anchor = anchors[id(dist)]
+                    d_pos = dist.distance(anchor, self._fixed_features("contrastive", positive))[0]
                     d_neg = (
-                        dist.distance(anchor(dist), self._fixed_features("contrastive", negatives))
+                        dist.distance(anchor, self._fixed_features("contrastive", negatives))
                         if len(negatives) else None
                     )
                     per_example["contrastive"].append(contrastive_loss(d_pos, d_neg, c.contrastive_form, c.margin))

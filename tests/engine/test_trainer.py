@@ -174,6 +174,24 @@ def test_contrastive_only_training_lowers_the_gap_on_a_fixed_triplet(tiny_bundle
     assert end < start - 1e-4, (start, end)
 
 
+def test_shared_feature_distance_reads_the_decoded_image_once_for_both_losses(tiny_bundle, dataset):
+    trainer = make_trainer(tiny_bundle, dataset, preset="FT+MPC")
+    objective = trainer.objective
+    assert objective.distance("perceptual") is objective.distance("contrastive")
+    item = dataset[0]
+    batch = {"pixels": item["pixel_values"][None], "negatives": [item["negatives"]],
+             "text": [item["text"]], "generic_text": [item["generic_text"]]}
+    objective.warm_caches()  # positives' and negatives' features, so only the decoded image is read below
+    z_t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    distance, read = objective.distance("perceptual"), []
+    features = distance.features
+    distance.features = lambda images: read.append(len(images)) or features(images)
+    losses = objective.decoded_losses(batch, z_t, torch.tensor([600]), objective.embed([item["text"]]))
+    assert read == [1] and set(losses) == {"perceptual", "contrastive"}
+    (losses["perceptual"] + losses["contrastive"]).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in trainer.unet.named_parameters() if "lora_B" in n)
+
+
 def test_contrastive_loss_forms():
     d_pos, d_neg = torch.tensor(0.2), torch.tensor([0.5, 0.7])
     assert torch.isclose(contrastive_loss(d_pos, d_neg), torch.tensor(-0.4))
